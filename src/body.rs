@@ -1,0 +1,303 @@
+//! Reading response bodies that come from outside: capped in size, parsed
+//! leniently, and redacted before any of their text reaches an error.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http_body::Body;
+use http_body_util::BodyExt;
+use serde::Deserialize;
+use tower::BoxError;
+
+use crate::error::{Forbidden, ForbiddenReason};
+use crate::Scope;
+
+/// The most of a Token API answer or an error body this crate reads.
+pub(crate) const BODY_LIMIT: usize = 64 * 1024;
+
+/// The most of a server's message an error keeps.
+const EXCERPT_CHARS: usize = 300;
+
+/// A body read up to [`BODY_LIMIT`].
+#[derive(Debug)]
+pub(crate) struct Capped {
+    pub(crate) bytes: Bytes,
+    /// The body went on past the limit; the rest was not read.
+    pub(crate) truncated: bool,
+}
+
+/// Reads at most [`BODY_LIMIT`] bytes of `body`, frame by frame, and stops
+/// there: a 10 MiB body costs 64 KiB.
+pub(crate) async fn read_capped<B>(body: B) -> Result<Capped, BoxError>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    let mut body = std::pin::pin!(body);
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(Into::into)?;
+        if let Ok(mut data) = frame.into_data() {
+            let room = BODY_LIMIT - buf.len();
+            if data.remaining() > room {
+                buf.put((&mut data).take(room));
+                return Ok(Capped {
+                    bytes: buf.freeze(),
+                    truncated: true,
+                });
+            }
+            buf.put(data);
+        }
+    }
+    Ok(Capped {
+        bytes: buf.freeze(),
+        truncated: false,
+    })
+}
+
+/// The parts of an error body this crate understands, whatever its shape.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct ErrorBody {
+    /// RFC 6749 `error`.
+    pub(crate) code: Option<String>,
+    /// GraphQL `errors[].message` joined, RFC 6749 `error_description`, a
+    /// `message` field, or the plain text; redacted and short.
+    pub(crate) message: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct JsonError {
+    error: Option<serde_json::Value>,
+    error_description: Option<String>,
+    message: Option<String>,
+    errors: Option<Vec<GraphQlError>>,
+}
+
+#[derive(Deserialize)]
+struct GraphQlError {
+    message: Option<String>,
+}
+
+/// Parses GraphQL-style `{"errors":[{"message":…}]}`, RFC 6749
+/// `{"error":…,"error_description":…}`, `{"message":…}`, or plain text.
+/// Never fails: what cannot be understood becomes an excerpt.
+pub(crate) fn parse_error_body(bytes: &[u8]) -> ErrorBody {
+    if let Ok(json) = serde_json::from_slice::<JsonError>(bytes) {
+        let graphql = json.errors.map(|errors| {
+            errors
+                .into_iter()
+                .filter_map(|error| error.message)
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        let code = match json.error {
+            Some(serde_json::Value::String(code)) => Some(code),
+            // Some servers nest: {"error":{"message":…}}
+            Some(serde_json::Value::Object(map)) => {
+                let message = map.get("message").and_then(|m| m.as_str()).map(excerpt);
+                return ErrorBody {
+                    code: map.get("code").and_then(|c| c.as_str()).map(excerpt),
+                    message,
+                };
+            }
+            _ => None,
+        };
+        let message = graphql
+            .filter(|m| !m.is_empty())
+            .or(json.error_description)
+            .or(json.message);
+        return ErrorBody {
+            code: code.map(|c| excerpt(&c)),
+            message: message.map(|m| excerpt(&m)).filter(|m| !m.is_empty()),
+        };
+    }
+    let text = String::from_utf8_lossy(bytes);
+    let message = excerpt(&text);
+    ErrorBody {
+        code: None,
+        message: (!message.is_empty()).then_some(message),
+    }
+}
+
+/// Classifies a 403 body: the scope it names, a policy problem, or neither.
+pub(crate) fn forbidden_from_body(bytes: &[u8]) -> Forbidden {
+    let message = parse_error_body(bytes).message.unwrap_or_default();
+    let reason = classify_forbidden(&message);
+    Forbidden::new(reason, message)
+}
+
+fn classify_forbidden(message: &str) -> ForbiddenReason {
+    // Propel: `… because it lacks the "data-pool:query" scope; you must add
+    // this scope …`. Take the quoted word right before "scope".
+    let lower = message.to_ascii_lowercase();
+    if let Some(at) = lower.find("scope") {
+        if let Some(scope) = quoted_before(&message[..at]) {
+            return ForbiddenReason::MissingScope(Scope::from(scope));
+        }
+        // `… lacks scope data_pool:query` or `missing scope: METRIC_QUERY`
+        let after = message[at + "scope".len()..].trim_start_matches([' ', ':', '"', '\'', '`']);
+        let word: String = after
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':'))
+            .collect();
+        let word = word.trim_end_matches(':');
+        if !word.is_empty() {
+            let scope = Scope::from(word);
+            if !matches!(scope, Scope::Other(_)) {
+                return ForbiddenReason::MissingScope(scope);
+            }
+        }
+    }
+    if lower.contains("policy") || lower.contains("policies") {
+        return ForbiddenReason::Policy;
+    }
+    ForbiddenReason::Other
+}
+
+/// The last `"…"` (or `'…'`, `` `…` ``) quoted word in `text`, if `text` ends
+/// with it (give or take white space and the word "the").
+fn quoted_before(text: &str) -> Option<&str> {
+    let text = text.trim_end();
+    let quote = text
+        .chars()
+        .last()
+        .filter(|c| matches!(c, '"' | '\'' | '`'))?;
+    let inner = &text[..text.len() - quote.len_utf8()];
+    let start = inner.rfind(quote)?;
+    let word = &inner[start + quote.len_utf8()..];
+    (!word.is_empty() && word.len() < 64).then_some(word)
+}
+
+/// A short, single-line excerpt of outside text with anything that looks like
+/// a token or a secret replaced by `[redacted]`.
+pub(crate) fn excerpt(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = 0;
+    for word in text.split_whitespace() {
+        if chars >= EXCERPT_CHARS {
+            out.push('…');
+            break;
+        }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        let cleaned = redact_word(word);
+        let room = EXCERPT_CHARS - chars;
+        if cleaned.chars().count() > room {
+            out.extend(cleaned.chars().take(room));
+            out.push('…');
+            break;
+        }
+        chars += cleaned.chars().count() + 1;
+        out.push_str(&cleaned);
+    }
+    out.chars().filter(|c| !c.is_control()).collect()
+}
+
+/// Replaces runs of token-like characters that look like a JWT, a bearer
+/// token or a secret: 32 or more of `[A-Za-z0-9._~+/=-]` mixing letters and
+/// digits. Application and Data Pool IDs (`APP01…`, 29 characters) survive.
+fn redact_word(word: &str) -> std::borrow::Cow<'_, str> {
+    let is_token_char = |c: char| c.is_ascii_alphanumeric() || "._~+/=-".contains(c);
+    let mut out = String::new();
+    let mut rest = word;
+    let mut changed = false;
+    while let Some(start) = rest.find(is_token_char) {
+        let run_len = rest[start..]
+            .find(|c: char| !is_token_char(c))
+            .unwrap_or(rest.len() - start);
+        let run = &rest[start..start + run_len];
+        out.push_str(&rest[..start]);
+        let mixed =
+            run.chars().any(|c| c.is_ascii_digit()) && run.chars().any(|c| c.is_ascii_alphabetic());
+        if run.len() >= 32 && mixed || run.starts_with("eyJ") && run.len() >= 16 {
+            out.push_str("[redacted]");
+            changed = true;
+        } else {
+            out.push_str(run);
+        }
+        rest = &rest[start + run_len..];
+    }
+    if !changed {
+        return std::borrow::Cow::Borrowed(word);
+    }
+    out.push_str(rest);
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{Full, StreamBody};
+
+    const PROPEL_403: &str = r#"Application APP01ABCDEFGHJKMNPQRSTVWXYZ01 is not allowed to query Data Pool DPO01ABCDEFGHJKMNPQRSTVWXYZ01, because it lacks the "data-pool:query" scope; you must add this scope to your Application and request a new access token to query the Data Pool"#;
+
+    #[test]
+    fn propel_scope_message_names_the_scope() {
+        let body = serde_json::json!({"errors": [{"message": PROPEL_403}]}).to_string();
+        let forbidden = forbidden_from_body(body.as_bytes());
+        assert_eq!(forbidden.missing_scope(), Some(&Scope::DataPoolQuery));
+        assert!(forbidden
+            .message()
+            .contains("APP01ABCDEFGHJKMNPQRSTVWXYZ01"));
+        assert!(forbidden.hint().contains("data_pool:query"));
+    }
+
+    #[test]
+    fn every_body_shape_is_understood() {
+        let rfc =
+            br#"{"error":"insufficient_scope","error_description":"missing scope METRIC_QUERY"}"#;
+        assert_eq!(
+            forbidden_from_body(rfc).missing_scope(),
+            Some(&Scope::MetricQuery)
+        );
+        let plain = b"lacks the 'admin' scope";
+        assert_eq!(
+            forbidden_from_body(plain).missing_scope(),
+            Some(&Scope::Admin)
+        );
+        let policy = br#"{"errors":[{"message":"no Data Pool Access Policy applies"}]}"#;
+        assert!(forbidden_from_body(policy).is_policy());
+        let empty = forbidden_from_body(b"");
+        assert_eq!(empty.reason(), &ForbiddenReason::Other);
+        assert_eq!(empty.message(), "");
+        let binary = forbidden_from_body(&[0xff, 0xfe, 0x00, 0x80]);
+        assert_eq!(binary.reason(), &ForbiddenReason::Other);
+    }
+
+    #[test]
+    fn excerpts_are_short_and_have_tokens_removed() {
+        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjF9.c2lnbmF0dXJlc2lnbmF0dXJl";
+        let secret = "a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8";
+        let text = format!(
+            "bad token {jwt} and secret={secret} for APP01ABCDEFGHJKMNPQRSTVWXYZ01 {}",
+            "x ".repeat(500)
+        );
+        let out = excerpt(&text);
+        assert!(!out.contains(jwt) && !out.contains(secret), "{out}");
+        assert!(out.contains("APP01ABCDEFGHJKMNPQRSTVWXYZ01"));
+        assert!(out.chars().count() <= EXCERPT_CHARS + 1, "{}", out.len());
+    }
+
+    #[tokio::test]
+    async fn reading_stops_at_the_cap() {
+        // 10 MiB in 1 MiB frames: only the first frame is ever polled.
+        let polled = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = polled.clone();
+        let frames = futures_util::stream::iter((0..10).map(move |_| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(vec![
+                b'x';
+                1 << 20
+            ])))
+        }));
+        let capped = read_capped(StreamBody::new(frames)).await.unwrap();
+        assert!(capped.truncated);
+        assert_eq!(capped.bytes.len(), BODY_LIMIT);
+        assert_eq!(polled.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        let small = read_capped(Full::new(Bytes::from_static(b"ok")))
+            .await
+            .unwrap();
+        assert!(!small.truncated);
+        assert_eq!(&small.bytes[..], b"ok");
+    }
+}

@@ -1,0 +1,155 @@
+//! [`Credentials`]: a Propel Application's ID and secret.
+
+use std::fmt;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use http::HeaderValue;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::error::ConfigError;
+
+/// The environment variable Propel's tools read the Application ID from.
+pub const CLIENT_ID_VAR: &str = "PROPEL_CLIENT_ID";
+/// The environment variable Propel's tools read the Application secret from.
+pub const CLIENT_SECRET_VAR: &str = "PROPEL_CLIENT_SECRET";
+
+/// A Propel Application's ID and secret.
+///
+/// The secret lives in a [`SecretString`]: it is zeroed on drop and never shown
+/// by `Debug`.
+///
+/// ```
+/// use tower_propel_auth::Credentials;
+///
+/// let credentials = Credentials::new("APP01EXAMPLE", "s3cr3t").unwrap();
+/// assert_eq!(credentials.application_id(), "APP01EXAMPLE");
+/// assert!(!format!("{credentials:?}").contains("s3cr3t"));
+/// assert!(Credentials::new("APP01EXAMPLE", "").is_err());
+/// ```
+#[derive(Clone)]
+pub struct Credentials {
+    application_id: String,
+    secret: SecretString,
+}
+
+impl Credentials {
+    /// Credentials from an Application ID and secret.
+    ///
+    /// Fails when either is empty (or only white space), or when the ID holds
+    /// a `:` or a control character, which HTTP Basic cannot carry.
+    pub fn new(
+        application_id: impl Into<String>,
+        secret: impl Into<String>,
+    ) -> Result<Self, ConfigError> {
+        let application_id = application_id.into();
+        let secret = SecretString::from(secret.into());
+        if application_id.trim().is_empty() {
+            return Err(ConfigError::empty("the Application ID"));
+        }
+        if application_id.contains(':') || application_id.chars().any(char::is_control) {
+            return Err(ConfigError::invalid(
+                "the Application ID",
+                "it must not contain ':' or control characters",
+            ));
+        }
+        if secret.expose_secret().trim().is_empty() {
+            return Err(ConfigError::empty("the Application secret"));
+        }
+        if secret.expose_secret().chars().any(char::is_control) {
+            return Err(ConfigError::invalid(
+                "the Application secret",
+                "it must not contain control characters",
+            ));
+        }
+        Ok(Self {
+            application_id,
+            secret,
+        })
+    }
+
+    /// Credentials from `PROPEL_CLIENT_ID` and `PROPEL_CLIENT_SECRET`, the
+    /// variables Propel's own tools read. The error names the variable that is
+    /// missing, empty or not Unicode.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let id = crate::config::env_var(CLIENT_ID_VAR)?
+            .ok_or_else(|| ConfigError::missing_env(CLIENT_ID_VAR))?;
+        let secret = crate::config::env_var(CLIENT_SECRET_VAR)?
+            .ok_or_else(|| ConfigError::missing_env(CLIENT_SECRET_VAR))?;
+        Self::new(id, secret).map_err(|err| err.in_env_var(&[CLIENT_ID_VAR, CLIENT_SECRET_VAR]))
+    }
+
+    /// The Application ID (not a secret).
+    pub fn application_id(&self) -> &str {
+        &self.application_id
+    }
+
+    /// The Application secret.
+    pub fn secret(&self) -> &SecretString {
+        &self.secret
+    }
+
+    /// `Basic base64(id:secret)`, marked sensitive.
+    pub(crate) fn basic_header(&self) -> HeaderValue {
+        basic_header(&self.application_id, self.secret.expose_secret())
+    }
+}
+
+/// `Basic base64(user:password)`, marked sensitive so that HTTP/2 HPACK never
+/// indexes it and tower-http's tracing never prints it.
+pub(crate) fn basic_header(user: &str, password: &str) -> HeaderValue {
+    let encoded = STANDARD.encode(format!("{user}:{password}"));
+    let mut value = HeaderValue::try_from(format!("Basic {encoded}"))
+        .expect("base64 output is a valid header value");
+    value.set_sensitive(true);
+    value
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("application_id", &self.application_id)
+            .field("secret", &format_args!("[redacted]"))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_header_is_exact_and_sensitive() {
+        let credentials = Credentials::new("APP01ID", "se:cret").unwrap();
+        let header = credentials.basic_header();
+        // base64("APP01ID:se:cret")
+        assert_eq!(header, "Basic QVBQMDFJRDpzZTpjcmV0");
+        assert!(header.is_sensitive());
+    }
+
+    #[test]
+    fn debug_redacts_the_secret() {
+        let credentials = Credentials::new("APP01ID", "SENTINEL-SECRET").unwrap();
+        let debug = format!("{credentials:?}");
+        assert_eq!(
+            debug,
+            r#"Credentials { application_id: "APP01ID", secret: [redacted] }"#
+        );
+    }
+
+    #[test]
+    fn empty_or_malformed_parts_are_rejected() {
+        let empty_id = Credentials::new(" ", "secret").unwrap_err();
+        assert!(
+            empty_id.to_string().contains("Application ID"),
+            "{empty_id}"
+        );
+        let empty_secret = Credentials::new("APP", "").unwrap_err();
+        assert!(
+            empty_secret.to_string().contains("secret"),
+            "{empty_secret}"
+        );
+        assert!(Credentials::new("APP:1", "secret").is_err());
+        assert!(Credentials::new("APP", "line\nbreak").is_err());
+    }
+}

@@ -1,0 +1,698 @@
+//! The errors a request through [`PropelAuth`](crate::PropelAuth) can end in.
+//!
+//! [`Error`] is what the service returns. Every variant wraps a type of its
+//! own so that a caller can match on the kind and still read the details
+//! through accessors. All of them downcast from [`tower::BoxError`], so they
+//! survive `ServiceBuilder` stacks that box errors:
+//!
+//! ```
+//! use tower::BoxError;
+//! use tower_propel_auth::Error;
+//!
+//! fn describe(err: &BoxError) -> String {
+//!     match err.downcast_ref::<Error>() {
+//!         Some(Error::Forbidden(forbidden)) => format!(
+//!             "add {:?} to the Application",
+//!             forbidden.missing_scope()
+//!         ),
+//!         Some(other) if other.is_transient() => "try again".to_owned(),
+//!         _ => err.to_string(),
+//!     }
+//! }
+//! # let _ = describe;
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use tower::BoxError;
+
+use crate::Scope;
+
+/// An error from a request through [`PropelAuth`](crate::PropelAuth).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// Propel answered 403: the token lacks a scope or a Data Pool Access Policy.
+    Forbidden(Forbidden),
+    /// Propel answered 401 and a fresh token (if there is one to get) did not cure it.
+    Unauthorized(Unauthorized),
+    /// No access token could be had from the Token API or the [`TokenSource`](crate::TokenSource).
+    Token(TokenError),
+    /// Credentials would have gone over plain HTTP to a host that is not loopback.
+    InsecureTransport(InsecureTransport),
+    /// The inner service failed; its error is passed through unchanged.
+    Service(BoxError),
+}
+
+impl Error {
+    /// Whether trying the same request again later may succeed: a Token API
+    /// outage, rate limit or timeout, or an error of the inner service
+    /// (connection failures and the like). Never true for a 403, a 401, a
+    /// Token API 4xx or insecure transport: those need a change of
+    /// configuration, not patience.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Token(err) => err.is_transient(),
+            Error::Service(_) => true,
+            Error::Forbidden(_) | Error::Unauthorized(_) | Error::InsecureTransport(_) => false,
+        }
+    }
+
+    /// How long the server asked us to wait before trying again, if it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Token(err) => err.retry_after(),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Forbidden(err) => err.fmt(f),
+            Error::Unauthorized(err) => err.fmt(f),
+            Error::Token(err) => err.fmt(f),
+            Error::InsecureTransport(err) => err.fmt(f),
+            Error::Service(err) => write!(f, "inner service failed: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Forbidden(err) => Some(err),
+            Error::Unauthorized(err) => Some(err),
+            Error::Token(err) => Some(err),
+            Error::InsecureTransport(err) => Some(err),
+            Error::Service(err) => Some(err.as_ref()),
+        }
+    }
+}
+
+impl From<TokenError> for Error {
+    fn from(err: TokenError) -> Self {
+        Error::Token(err)
+    }
+}
+
+/// What a 403 was about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ForbiddenReason {
+    /// The token lacks this scope.
+    MissingScope(Scope),
+    /// No Data Pool Access Policy lets the Application (or this token's
+    /// policy values) read the data.
+    Policy,
+    /// The message named neither a scope nor a policy.
+    Other,
+}
+
+/// Propel answered 403: "the access token lacks the required permissions".
+#[derive(Debug)]
+pub struct Forbidden {
+    reason: ForbiddenReason,
+    message: String,
+}
+
+impl Forbidden {
+    pub(crate) fn new(reason: ForbiddenReason, message: String) -> Self {
+        Self { reason, message }
+    }
+
+    /// Whether the token lacks a scope or a policy, as far as the message says.
+    pub fn reason(&self) -> &ForbiddenReason {
+        &self.reason
+    }
+
+    /// The scope the message says is missing.
+    pub fn missing_scope(&self) -> Option<&Scope> {
+        match &self.reason {
+            ForbiddenReason::MissingScope(scope) => Some(scope),
+            _ => None,
+        }
+    }
+
+    /// Whether the message is about a Data Pool Access Policy.
+    pub fn is_policy(&self) -> bool {
+        self.reason == ForbiddenReason::Policy
+    }
+
+    /// The server's message: a short excerpt of the body with anything that
+    /// looks like a token removed. Empty when the body had no text.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The fix Propel's docs give for this kind of 403.
+    pub fn hint(&self) -> String {
+        match &self.reason {
+            ForbiddenReason::MissingScope(scope) => format!(
+                "add the \"{scope}\" scope to the Application (and to the scopes requested, if any), then request a new access token"
+            ),
+            ForbiddenReason::Policy => "assign a Data Pool Access Policy to the Application (and send the policy_values it expects, e.g. a tenant_id), then request a new access token".to_owned(),
+            ForbiddenReason::Other => "check the Application's scopes (querying needs data_pool:query and metric:query, the Management API needs admin) and its Data Pool Access Policies, then request a new access token".to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for Forbidden {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.reason {
+            ForbiddenReason::MissingScope(scope) => {
+                write!(f, "forbidden: the access token lacks the \"{scope}\" scope")?
+            }
+            ForbiddenReason::Policy => f.write_str(
+                "forbidden: no Data Pool Access Policy lets the access token read this data",
+            )?,
+            ForbiddenReason::Other => {
+                f.write_str("forbidden: the access token lacks the required permissions")?
+            }
+        }
+        if !self.message.is_empty() {
+            write!(f, " (Propel said: {})", self.message)?;
+        }
+        write!(f, "; {}", self.hint())
+    }
+}
+
+impl std::error::Error for Forbidden {}
+
+/// Propel answered 401 and there was no cure.
+///
+/// With a token this means a freshly minted token was rejected too (or the
+/// request could not be replayed); with Basic credentials there is nothing to
+/// refresh, so the first 401 ends here.
+#[derive(Debug)]
+pub struct Unauthorized {
+    message: String,
+    retried: bool,
+    basic: bool,
+}
+
+impl Unauthorized {
+    pub(crate) fn new(message: String, retried: bool, basic: bool) -> Self {
+        Self {
+            message,
+            retried,
+            basic,
+        }
+    }
+
+    /// Whether the request was sent a second time with a fresh token.
+    pub fn retried(&self) -> bool {
+        self.retried
+    }
+
+    /// The server's message, redacted and short; empty when there was none.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for Unauthorized {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.basic {
+            f.write_str("unauthorized: Propel rejected the Application ID and secret")?;
+        } else if self.retried {
+            f.write_str("unauthorized: Propel rejected a freshly minted access token too")?;
+        } else {
+            f.write_str("unauthorized: Propel rejected the access token and the request body could not be replayed with a new one")?;
+        }
+        if !self.message.is_empty() {
+            write!(f, " (Propel said: {})", self.message)?;
+        }
+        f.write_str(
+            "; check that the Application exists in this account and that its secret is current",
+        )
+    }
+}
+
+impl std::error::Error for Unauthorized {}
+
+/// Credentials would have gone over plain HTTP to a host that is not loopback.
+///
+/// Nothing was sent.
+#[derive(Debug)]
+pub struct InsecureTransport {
+    origin: String,
+}
+
+impl InsecureTransport {
+    pub(crate) fn new(origin: String) -> Self {
+        Self { origin }
+    }
+
+    /// The origin (`http://host:port`) the request was for.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+}
+
+impl fmt::Display for InsecureTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "refusing to send Propel credentials over plain HTTP to {}; use https (plain http is allowed only to loopback)",
+            self.origin
+        )
+    }
+}
+
+impl std::error::Error for InsecureTransport {}
+
+/// Why no access token could be had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TokenErrorKind {
+    /// `invalid_client`: the Application ID is unknown or the secret is wrong.
+    InvalidClient,
+    /// `invalid_request`: a parameter is missing or malformed.
+    InvalidRequest,
+    /// `unsupported_grant_type`: `grant_type` is not `client_credentials`.
+    UnsupportedGrantType,
+    /// `invalid_scope`: a requested scope exceeds the Application's scopes.
+    InvalidScope,
+    /// `unauthorized_client`: the Application may not use this grant.
+    UnauthorizedClient,
+    /// Another 4xx answer from the Token API.
+    Rejected,
+    /// 429 Too Many Requests.
+    RateLimited,
+    /// A 5xx answer (or another status that is not a success).
+    Server,
+    /// No answer within the fetch timeout.
+    Timeout,
+    /// The connection failed (refused, reset, DNS …).
+    Transport,
+    /// A 2xx answer that is not a usable token: malformed JSON, no
+    /// `access_token`, a `token_type` other than Bearer, an oversized body.
+    InvalidResponse,
+    /// The token is past its expiry and cannot be renewed (a token passed to
+    /// [`PropelAuthLayer::bearer`](crate::PropelAuthLayer::bearer)).
+    Expired,
+    /// A custom [`TokenSource`](crate::TokenSource) failed.
+    Source,
+}
+
+/// Which part of the token request the Token API's answer points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TokenRequestField {
+    /// `grant_type`: send `grant_type=client_credentials`.
+    GrantType,
+    /// `client_id`: the Application ID must exist in this account.
+    ClientId,
+    /// `client_secret`: the Application secret.
+    ClientSecret,
+    /// `scope`: may not exceed the Application's scopes.
+    Scope,
+    /// `policy_values`: must be a JSON object.
+    PolicyValues,
+}
+
+impl fmt::Display for TokenRequestField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TokenRequestField::GrantType => "grant_type",
+            TokenRequestField::ClientId => "client_id",
+            TokenRequestField::ClientSecret => "client_secret",
+            TokenRequestField::Scope => "scope",
+            TokenRequestField::PolicyValues => "policy_values",
+        })
+    }
+}
+
+/// No access token could be had.
+///
+/// All the requests that waited on one failed token request receive the same
+/// error (it is shared, not copied).
+pub struct TokenError {
+    inner: Arc<TokenErrorInner>,
+}
+
+#[derive(Debug)]
+struct TokenErrorInner {
+    kind: TokenErrorKind,
+    status: Option<StatusCode>,
+    oauth_error: Option<String>,
+    description: Option<String>,
+    field: Option<TokenRequestField>,
+    retry_after: Option<Duration>,
+    source: Option<BoxError>,
+}
+
+impl TokenError {
+    pub(crate) fn new(kind: TokenErrorKind) -> Self {
+        Self::build(kind, None, None, None, None, None)
+    }
+
+    pub(crate) fn build(
+        kind: TokenErrorKind,
+        status: Option<StatusCode>,
+        oauth_error: Option<String>,
+        description: Option<String>,
+        retry_after: Option<Duration>,
+        source: Option<BoxError>,
+    ) -> Self {
+        let field = guess_field(kind, oauth_error.as_deref(), description.as_deref());
+        Self {
+            inner: Arc::new(TokenErrorInner {
+                kind,
+                status,
+                oauth_error,
+                description,
+                field,
+                retry_after,
+                source,
+            }),
+        }
+    }
+
+    /// An error from a custom [`TokenSource`](crate::TokenSource).
+    ///
+    /// `transient` says whether trying again later may help (it decides
+    /// [`is_transient`](Self::is_transient) and so background retries).
+    /// Keep secrets out of `source`: it is shown by `Display` chains.
+    pub fn from_source(source: impl Into<BoxError>, transient: bool) -> Self {
+        let kind = if transient {
+            TokenErrorKind::Transport
+        } else {
+            TokenErrorKind::Source
+        };
+        Self::build(kind, None, None, None, None, Some(source.into()))
+    }
+
+    pub(crate) fn with_source(kind: TokenErrorKind, source: impl Into<BoxError>) -> Self {
+        Self::build(kind, None, None, None, None, Some(source.into()))
+    }
+
+    pub(crate) fn invalid_response(what: impl Into<String>) -> Self {
+        Self::build(
+            TokenErrorKind::InvalidResponse,
+            None,
+            None,
+            Some(what.into()),
+            None,
+            None,
+        )
+    }
+
+    /// A second handle on the same error, for another waiter.
+    pub(crate) fn share(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+
+    /// Whether two handles are the same error (waiters of one fetch share it).
+    pub fn same_as(&self, other: &TokenError) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> TokenErrorKind {
+        self.inner.kind
+    }
+
+    /// The Token API's HTTP status, when it answered.
+    pub fn status(&self) -> Option<StatusCode> {
+        self.inner.status
+    }
+
+    /// The RFC 6749 `error` code, when the body had one (e.g. `invalid_client`).
+    pub fn oauth_error(&self) -> Option<&str> {
+        self.inner.oauth_error.as_deref()
+    }
+
+    /// The `error_description`, or a short excerpt of the body, redacted.
+    pub fn description(&self) -> Option<&str> {
+        self.inner.description.as_deref()
+    }
+
+    /// Which request field to check, when the answer points at one.
+    pub fn field(&self) -> Option<TokenRequestField> {
+        self.inner.field
+    }
+
+    /// The `Retry-After` the Token API sent with a 429 or 503.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.inner.retry_after
+    }
+
+    /// Whether a later attempt may succeed: 429, 5xx, timeouts and transport
+    /// errors. A 4xx is a configuration problem and is never retried.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self.inner.kind,
+            TokenErrorKind::RateLimited
+                | TokenErrorKind::Server
+                | TokenErrorKind::Timeout
+                | TokenErrorKind::Transport
+        )
+    }
+
+    /// The fix Propel's docs suggest.
+    pub fn hint(&self) -> &'static str {
+        match (self.inner.kind, self.inner.field) {
+            (_, Some(TokenRequestField::GrantType)) | (TokenErrorKind::UnsupportedGrantType, _) => {
+                "send grant_type=client_credentials"
+            }
+            (_, Some(TokenRequestField::ClientId)) => {
+                "check the Application ID: the Application must exist in this account"
+            }
+            (_, Some(TokenRequestField::ClientSecret)) => {
+                "check the Application secret: confirm it is current in the Propel Console"
+            }
+            (TokenErrorKind::InvalidClient, _) => "check the Application ID (the Application must exist in this account) and confirm its secret",
+            (_, Some(TokenRequestField::Scope)) | (TokenErrorKind::InvalidScope, _) => {
+                "request only scopes the Application has"
+            }
+            (_, Some(TokenRequestField::PolicyValues)) => {
+                "send policy_values as a JSON object, e.g. {\"tenant_id\":\"123\"}"
+            }
+            (TokenErrorKind::InvalidRequest, _) => "check grant_type=client_credentials, the Application ID and its secret",
+            (TokenErrorKind::UnauthorizedClient, _) => {
+                "check that the Application may use the client-credentials grant"
+            }
+            (TokenErrorKind::Rejected, _) => "check the token URL, the Application ID and its secret",
+            (TokenErrorKind::RateLimited, _) | (TokenErrorKind::Server, _) => {
+                "the Token API is unavailable; it will be retried"
+            }
+            (TokenErrorKind::Timeout, _) | (TokenErrorKind::Transport, _) => {
+                "check the network path to the Token API; it will be retried"
+            }
+            (TokenErrorKind::InvalidResponse, _) => "check that the token URL points at Propel's Token API",
+            (TokenErrorKind::Expired, _) => "mint a new token and build a new layer with it",
+            (TokenErrorKind::Source, _) => "see the token source's error",
+        }
+    }
+}
+
+/// Which request field an RFC 6749 error points at, from its code and the
+/// words of its description.
+fn guess_field(
+    kind: TokenErrorKind,
+    oauth_error: Option<&str>,
+    description: Option<&str>,
+) -> Option<TokenRequestField> {
+    let text = description.unwrap_or_default().to_ascii_lowercase();
+    let mentions = |words: &[&str]| words.iter().any(|word| text.contains(word));
+    match kind {
+        TokenErrorKind::UnsupportedGrantType => Some(TokenRequestField::GrantType),
+        TokenErrorKind::InvalidScope => Some(TokenRequestField::Scope),
+        TokenErrorKind::InvalidClient
+        | TokenErrorKind::InvalidRequest
+        | TokenErrorKind::Rejected => {
+            if mentions(&["grant_type", "grant type"]) {
+                Some(TokenRequestField::GrantType)
+            } else if mentions(&["secret"]) {
+                Some(TokenRequestField::ClientSecret)
+            } else if mentions(&[
+                "client_id",
+                "client id",
+                "application id",
+                "unknown client",
+                "does not exist",
+            ]) {
+                Some(TokenRequestField::ClientId)
+            } else if mentions(&["policy_values", "policy values"]) {
+                Some(TokenRequestField::PolicyValues)
+            } else if mentions(&["scope"]) {
+                Some(TokenRequestField::Scope)
+            } else {
+                None
+            }
+        }
+        _ => {
+            let _ = oauth_error;
+            None
+        }
+    }
+}
+
+impl fmt::Debug for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Everything in here is already redacted; forward to the inner record.
+        fmt::Debug::fmt(&self.inner, f)
+    }
+}
+
+impl fmt::Display for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &self.inner;
+        f.write_str("could not get a Propel access token: ")?;
+        f.write_str(match inner.kind {
+            TokenErrorKind::InvalidClient => "the Token API rejected the client credentials",
+            TokenErrorKind::InvalidRequest => "the Token API rejected the request",
+            TokenErrorKind::UnsupportedGrantType => "the Token API does not support the grant type",
+            TokenErrorKind::InvalidScope => "the Token API rejected the requested scopes",
+            TokenErrorKind::UnauthorizedClient => "the Application may not use this grant",
+            TokenErrorKind::Rejected => "the Token API rejected the request",
+            TokenErrorKind::RateLimited => "the Token API is rate limiting",
+            TokenErrorKind::Server => "the Token API failed",
+            TokenErrorKind::Timeout => "the Token API did not answer in time",
+            TokenErrorKind::Transport => "the Token API could not be reached",
+            TokenErrorKind::InvalidResponse => "the Token API's answer is not a usable token",
+            TokenErrorKind::Expired => "the access token has expired and cannot be renewed",
+            TokenErrorKind::Source => "the token source failed",
+        })?;
+        if let Some(status) = inner.status {
+            write!(f, " (HTTP {}", status.as_u16())?;
+            if let Some(code) = &inner.oauth_error {
+                write!(f, ", {code}")?;
+            }
+            f.write_str(")")?;
+        }
+        if let Some(description) = &inner.description {
+            write!(f, ": {description}")?;
+        }
+        if let Some(field) = inner.field {
+            write!(f, "; check {field}")?;
+        }
+        if let Some(retry_after) = inner.retry_after {
+            write!(f, "; retry after {}s", retry_after.as_secs())?;
+        }
+        write!(f, "; {}", self.hint())
+    }
+}
+
+impl std::error::Error for TokenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner
+            .source
+            .as_deref()
+            .map(|err| err as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// The configuration is not usable: a missing environment variable, an empty
+/// secret, a malformed URL, plain HTTP to a non-loopback Token API …
+///
+/// Returned before anything is sent.
+#[derive(Debug)]
+pub struct ConfigError {
+    what: String,
+    problem: String,
+}
+
+impl ConfigError {
+    pub(crate) fn empty(what: &str) -> Self {
+        Self::invalid(what, "it is empty")
+    }
+
+    pub(crate) fn missing_env(var: &str) -> Self {
+        Self::invalid(&format!("the environment variable {var}"), "it is not set")
+    }
+
+    pub(crate) fn invalid(what: &str, problem: impl Into<String>) -> Self {
+        Self {
+            what: what.to_owned(),
+            problem: problem.into(),
+        }
+    }
+
+    /// Names the environment variables a value came from.
+    pub(crate) fn in_env_var(mut self, vars: &[&str]) -> Self {
+        self.what = format!("{} (from {})", self.what, vars.join(" / "));
+        self
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid configuration: {} is not usable: {}",
+            self.what, self.problem
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync_static<T: Send + Sync + 'static>() {}
+
+    #[test]
+    fn errors_are_send_sync_and_downcast_from_box_error() {
+        assert_send_sync_static::<Error>();
+        let boxed: BoxError = Box::new(Error::Token(TokenError::new(TokenErrorKind::Timeout)));
+        let err = boxed.downcast_ref::<Error>().expect("downcasts");
+        assert!(err.is_transient());
+    }
+
+    #[test]
+    fn invalid_client_description_points_at_the_secret_or_the_id() {
+        let secret = TokenError::build(
+            TokenErrorKind::InvalidClient,
+            Some(StatusCode::BAD_REQUEST),
+            Some("invalid_client".into()),
+            Some("client_secret is invalid for this Application".into()),
+            None,
+            None,
+        );
+        assert_eq!(secret.field(), Some(TokenRequestField::ClientSecret));
+        assert!(
+            secret.to_string().contains("check client_secret"),
+            "{secret}"
+        );
+        let id = TokenError::build(
+            TokenErrorKind::InvalidClient,
+            Some(StatusCode::BAD_REQUEST),
+            Some("invalid_client".into()),
+            Some("unknown client_id".into()),
+            None,
+            None,
+        );
+        assert_eq!(id.field(), Some(TokenRequestField::ClientId));
+        assert!(id.hint().contains("must exist"));
+    }
+
+    #[test]
+    fn display_is_lowercase_without_a_final_period() {
+        let errors: Vec<Box<dyn std::error::Error>> = vec![
+            Box::new(Forbidden::new(
+                ForbiddenReason::MissingScope(Scope::DataPoolQuery),
+                "x".into(),
+            )),
+            Box::new(Unauthorized::new(String::new(), true, false)),
+            Box::new(TokenError::new(TokenErrorKind::Server)),
+            Box::new(InsecureTransport::new("http://example.com".into())),
+            Box::new(ConfigError::empty("the Application ID")),
+        ];
+        for err in errors {
+            let text = err.to_string();
+            assert!(text.starts_with(|c: char| c.is_lowercase()), "{text}");
+            assert!(!text.ends_with('.'), "{text}");
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Tower middleware that gives any HTTP client the credentials the
+//! [Propel Data API](https://www.propeldata.com/docs) asks for.
+//!
+//! [`PropelAuthLayer`] wraps a tower HTTP client service (hyper-util's client,
+//! `reqwest::Client`, a tower-http stack) and adds to every request for the
+//! Propel API either the Application's ID and secret as HTTP Basic
+//! credentials, or a short-lived access token from Propel's Token API, cached
+//! and refreshed by one shared refresher: concurrent requests wait on a single
+//! token request, and no request waits while the cached token is good.
+//!
+//! ```no_run
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_propel_auth::{Credentials, PropelAuthLayer};
+//!
+//! # async fn run() -> Result<(), tower::BoxError> {
+//! let client = ServiceBuilder::new()
+//!     .timeout(std::time::Duration::from_secs(30))
+//!     .layer(PropelAuthLayer::client_credentials(Credentials::from_env()?).build()?)
+//!     .service(reqwest::Client::new());
+//!
+//! let mut request = reqwest::Request::new(
+//!     reqwest::Method::POST,
+//!     "https://api.us-east-2.propeldata.com/graphql".parse()?,
+//! );
+//! *request.body_mut() = Some(r#"{"query":"{ sqlV1(input: {query: \"SELECT 1\"}) { rows } }"}"#.into());
+//! let response = client.oneshot(request).await?;
+//! println!("{}", response.text().await?);
+//! # Ok(()) }
+//! ```
+//!
+//! # Which constructor
+//!
+//! | you are | use |
+//! |---|---|
+//! | a trusted back end | [`PropelAuthLayer::basic`]: ID and secret on every request |
+//! | any service that should hold only short-lived tokens | [`PropelAuthLayer::client_credentials`] |
+//! | a front end handed a token by its back end | [`PropelAuthLayer::bearer`] |
+//! | getting tokens some other way | [`PropelAuthLayer::token_source`] |
+//!
+//! # Errors
+//!
+//! | Propel answers | you get |
+//! |---|---|
+//! | 401 | one fresh token and one retry, then [`Error::Unauthorized`] |
+//! | 403 | [`Error::Forbidden`] naming the missing [`Scope`] or the policy problem |
+//! | Token API 400 | [`Error::Token`] saying whether grant type, client id or secret is wrong |
+//! | Token API 429 / 5xx / timeout | [`Error::Token`], [`Error::is_transient`] |
+//!
+//! # Features
+//!
+//! - `reqwest` (default): wrap `reqwest::Client` and use it for token requests.
+//! - `test-util`: [`FakePropel`], a Propel-compatible server on loopback.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
+
+mod body;
+pub mod config;
+mod credentials;
+pub mod error;
+mod future;
+mod layer;
+mod origin;
+mod request;
+mod scope;
+mod service;
+mod stats;
+mod token;
+
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod testing;
+
+pub use credentials::{Credentials, CLIENT_ID_VAR, CLIENT_SECRET_VAR};
+pub use error::{
+    ConfigError, Error, Forbidden, ForbiddenReason, InsecureTransport, TokenError, TokenErrorKind,
+    TokenRequestField, Unauthorized,
+};
+pub use future::ResponseFuture;
+pub use layer::{PropelAuthLayer, TokenLayerBuilder};
+pub use origin::DEFAULT_API_URL;
+pub use scope::Scope;
+pub use service::PropelAuth;
+pub use stats::Stats;
+pub use token::client_credentials::{ClientAuth, DEFAULT_TOKEN_URL};
+pub use token::{AccessToken, TokenParams, TokenSource};
+
+#[cfg(feature = "test-util")]
+pub use testing::FakePropel;

@@ -1,0 +1,197 @@
+//! Which origins credentials may be sent to.
+
+use std::net::IpAddr;
+
+use http::Uri;
+
+use crate::error::ConfigError;
+
+/// Propel's GraphQL API.
+pub const DEFAULT_API_URL: &str = "https://api.us-east-2.propeldata.com/graphql";
+
+/// An origin: scheme, host and port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Origin {
+    https: bool,
+    host: String,
+    port: u16,
+}
+
+impl Origin {
+    /// The origin of a URL: `https://host[:port]` or `http://host[:port]`.
+    pub(crate) fn parse(url: &str, what: &str) -> Result<Self, ConfigError> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|err| ConfigError::invalid(what, format!("{url:?} is not a URL ({err})")))?;
+        Self::from_parts(uri.scheme_str(), uri.host(), uri.port_u16()).ok_or_else(|| {
+            ConfigError::invalid(
+                what,
+                format!("{url:?} needs an http or https scheme and a host"),
+            )
+        })
+    }
+
+    pub(crate) fn from_parts(
+        scheme: Option<&str>,
+        host: Option<&str>,
+        port: Option<u16>,
+    ) -> Option<Self> {
+        let https = match scheme? {
+            s if s.eq_ignore_ascii_case("https") => true,
+            s if s.eq_ignore_ascii_case("http") => false,
+            _ => return None,
+        };
+        let host = host?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        if host.is_empty() {
+            return None;
+        }
+        let port = port.unwrap_or(if https { 443 } else { 80 });
+        Some(Self { https, host, port })
+    }
+
+    /// Plain HTTP to something other than loopback.
+    pub(crate) fn is_insecure(&self) -> bool {
+        !self.https && !is_loopback(&self.host)
+    }
+
+    fn matches(&self, https: bool, host: &str, port: u16) -> bool {
+        self.https == https && self.port == port && self.host.eq_ignore_ascii_case(host)
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.https { "https" } else { "http" };
+        write!(f, "{scheme}://{}:{}", self.host, self.port)
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// What to do with a request, by its target.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// An allowed origin: attach credentials.
+    Attach,
+    /// Another origin: pass the request through untouched.
+    PassThrough,
+    /// An allowed host over plain HTTP (not loopback): refuse, send nothing.
+    Insecure(String),
+}
+
+/// The origins credentials may go to, parsed once at build time.
+#[derive(Debug, Clone)]
+pub(crate) struct AllowedOrigins {
+    origins: Vec<Origin>,
+}
+
+impl AllowedOrigins {
+    pub(crate) fn new(origins: Vec<Origin>) -> Self {
+        Self { origins }
+    }
+
+    pub(crate) fn default_api() -> Self {
+        Self::new(vec![
+            Origin::parse(DEFAULT_API_URL, "the API URL").expect("the default API URL parses")
+        ])
+    }
+
+    /// Decides for a request to `scheme://host:port`. A request without a
+    /// scheme or host (origin-form URI) cannot be placed and passes through.
+    #[inline]
+    pub(crate) fn decide(
+        &self,
+        scheme: Option<&str>,
+        host: Option<&str>,
+        port: Option<u16>,
+    ) -> Decision {
+        let (Some(scheme), Some(host)) = (scheme, host) else {
+            return Decision::PassThrough;
+        };
+        let https = scheme.eq_ignore_ascii_case("https");
+        let port = port.unwrap_or(if https { 443 } else { 80 });
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if let Some(origin) = self.origins.iter().find(|o| o.matches(https, host, port)) {
+            if origin.is_insecure() {
+                return Decision::Insecure(origin.to_string());
+            }
+            return Decision::Attach;
+        }
+        // The same host over plain HTTP is a downgrade, not another origin.
+        if !https
+            && !is_loopback(host)
+            && self
+                .origins
+                .iter()
+                .any(|o| o.host.eq_ignore_ascii_case(host))
+        {
+            return Decision::Insecure(format!("http://{host}:{port}"));
+        }
+        Decision::PassThrough
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decide(allowed: &[&str], url: &str) -> Decision {
+        let origins = allowed
+            .iter()
+            .map(|a| Origin::parse(a, "test").unwrap())
+            .collect();
+        let uri: Uri = url.parse().unwrap();
+        AllowedOrigins::new(origins).decide(uri.scheme_str(), uri.host(), uri.port_u16())
+    }
+
+    #[test]
+    fn only_allowed_origins_get_credentials() {
+        let api = ["https://api.us-east-2.propeldata.com/graphql"];
+        assert_eq!(
+            decide(&api, "https://api.us-east-2.propeldata.com/graphql"),
+            Decision::Attach
+        );
+        assert_eq!(
+            decide(&api, "https://API.us-east-2.propeldata.com:443/other"),
+            Decision::Attach
+        );
+        assert_eq!(
+            decide(&api, "https://evil.example.com/graphql"),
+            Decision::PassThrough
+        );
+        assert_eq!(
+            decide(&api, "https://api.us-east-2.propeldata.com:8443/"),
+            Decision::PassThrough
+        );
+        assert!(matches!(
+            decide(&api, "http://api.us-east-2.propeldata.com/graphql"),
+            Decision::Insecure(_)
+        ));
+    }
+
+    #[test]
+    fn plain_http_is_allowed_only_to_loopback() {
+        assert_eq!(
+            decide(&["http://127.0.0.1:8080"], "http://127.0.0.1:8080/graphql"),
+            Decision::Attach
+        );
+        assert_eq!(
+            decide(&["http://[::1]:8080"], "http://[::1]:8080/graphql"),
+            Decision::Attach
+        );
+        assert_eq!(
+            decide(&["http://localhost:8080"], "http://localhost:8080/graphql"),
+            Decision::Attach
+        );
+        assert!(matches!(
+            decide(&["http://10.0.0.1:8080"], "http://10.0.0.1:8080/"),
+            Decision::Insecure(_)
+        ));
+    }
+}

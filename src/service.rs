@@ -1,0 +1,173 @@
+//! [`PropelAuth`]: the service. `poll_ready` passes through; `call` attaches
+//! credentials.
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::header::AUTHORIZATION;
+use tower::{BoxError, Service};
+
+use crate::error::{Error, InsecureTransport};
+use crate::future::{Attempt, ResponseFuture};
+use crate::layer::{Auth, Shared};
+use crate::origin::Decision;
+use crate::request::{AuthRequest, AuthResponse};
+
+/// Adds Propel credentials to the requests of an inner HTTP service.
+///
+/// Made by [`PropelAuthLayer`](crate::PropelAuthLayer). Works over services of
+/// `http::Request<B>` → `http::Response<RB>` (hyper-util's client, tower-http
+/// stacks) and, with the `reqwest` feature, over `reqwest::Client`.
+///
+/// A 401 on a request that carried a token drops that token (if it is still
+/// the cached one), and the request goes out once more with a fresh token when
+/// its body can be replayed (`Full<Bytes>`, `Bytes`, `String`, `Vec<u8>`,
+/// `Empty`, `&'static str`, or a reqwest body that `try_clone` can copy).
+#[derive(Clone)]
+pub struct PropelAuth<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> PropelAuth<S> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        Self { inner, shared }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    fn start<Req>(&mut self, mut request: Req) -> ResponseFuture<S, Req>
+    where
+        S: Service<Req> + Clone,
+        Req: AuthRequest,
+    {
+        let shared = Arc::clone(&self.shared);
+        if request.headers().contains_key(AUTHORIZATION) {
+            // The caller chose its own credentials: not ours to touch.
+            let future = self.inner.call(request);
+            return ResponseFuture::calling(shared, future, None, Attempt::PassThrough);
+        }
+        match request.decide(&shared.origins) {
+            Decision::Attach => {}
+            Decision::PassThrough => {
+                let future = self.inner.call(request);
+                return ResponseFuture::calling(shared, future, None, Attempt::PassThrough);
+            }
+            Decision::Insecure(origin) => {
+                return ResponseFuture::failed(
+                    shared,
+                    Error::InsecureTransport(InsecureTransport::new(origin)),
+                );
+            }
+        }
+        match &shared.auth {
+            Auth::Basic(header) => {
+                request.headers_mut().insert(AUTHORIZATION, header.clone());
+                let future = self.inner.call(request);
+                ResponseFuture::calling(shared, future, None, Attempt::Basic)
+            }
+            Auth::Token(store) => {
+                let cache = store.cache_for(request.token_params());
+                match cache.cached() {
+                    Some((header, generation)) => {
+                        let replay = if shared.replay_unauthorized {
+                            request.try_clone().map(|copy| (copy, self.inner.clone()))
+                        } else {
+                            None
+                        };
+                        request.headers_mut().insert(AUTHORIZATION, header);
+                        let future = self.inner.call(request);
+                        let attempt = Attempt::Token {
+                            generation,
+                            retried: false,
+                        };
+                        ResponseFuture::calling(shared, future, replay, attempt)
+                    }
+                    None => {
+                        let wait = cache.wait();
+                        // The future waits for the token and then calls the
+                        // service that was made ready; leave a clone behind.
+                        let clone = self.inner.clone();
+                        let service = std::mem::replace(&mut self.inner, clone);
+                        ResponseFuture::awaiting_token(shared, wait, request, service)
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<S, B, RB> Service<http::Request<B>> for PropelAuth<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<RB>> + Clone,
+    S::Error: Into<BoxError>,
+    http::Response<RB>: AuthResponse,
+    B: 'static,
+{
+    type Response = http::Response<RB>;
+    type Error = Error;
+    type Future = ResponseFuture<S, http::Request<B>>;
+
+    #[inline]
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner
+            .poll_ready(cx)
+            .map_err(|err| Error::Service(err.into()))
+    }
+
+    #[inline]
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        self.start(request)
+    }
+}
+
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+impl<S> Service<reqwest::Request> for PropelAuth<S>
+where
+    S: Service<reqwest::Request, Response = reqwest::Response> + Clone,
+    S::Error: Into<BoxError>,
+{
+    type Response = reqwest::Response;
+    type Error = Error;
+    type Future = ResponseFuture<S, reqwest::Request>;
+
+    #[inline]
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner
+            .poll_ready(cx)
+            .map_err(|err| Error::Service(err.into()))
+    }
+
+    #[inline]
+    fn call(&mut self, request: reqwest::Request) -> Self::Future {
+        self.start(request)
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for PropelAuth<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PropelAuth")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}

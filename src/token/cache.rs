@@ -1,0 +1,474 @@
+//! The shared token cache: one per layer (and one per [`TokenParams`] set),
+//! shared by every clone and every service.
+//!
+//! - **Hot path**: [`TokenCache::cached`] is one atomic load of the current
+//!   token (an `ArcSwapOption`) and a clone of its pre-built header. No lock,
+//!   no clock read, no await. Deadlines are acted on by a timer instead: the
+//!   task that fetched a token sleeps until the token is due for refresh, then
+//!   raises a flag, then sleeps until it goes stale and removes it.
+//! - **Single flight**: at most one fetch is in flight per cache. It runs in a
+//!   task of its own, under the fetch timeout, so dropping any waiter (the one
+//!   that started it included) cancels nothing; waiters share its result.
+//! - **Refresh ahead**: the first request to see the refresh flag starts a
+//!   background fetch; every request keeps using the current token meanwhile.
+//! - **Failures**: a failed background fetch keeps the valid token and retries
+//!   with exponential backoff and jitter (only while the token stays valid
+//!   longer than the wait). A failure with no valid token goes to every waiter
+//!   of that fetch, and new requests get it at once for a cool-down.
+
+use std::collections::hash_map::RandomState;
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+use http::HeaderValue;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tracing::Instrument as _;
+
+use super::{AccessToken, TokenParams, TokenSource};
+use crate::error::{TokenError, TokenErrorKind};
+use crate::stats::Counters;
+
+/// When tokens are refreshed and how failures are handled. Set through the
+/// layer's builder.
+#[derive(Debug, Clone)]
+pub(crate) struct RefreshPolicy {
+    /// Refresh once this fraction of the usable lifetime has passed.
+    pub(crate) refresh_fraction: f64,
+    /// Up to this fraction of the lifetime earlier, at random.
+    pub(crate) jitter: f64,
+    /// A token is stale this long before it expires (at most a quarter of its lifetime).
+    pub(crate) safety_margin: Duration,
+    pub(crate) fetch_timeout: Duration,
+    /// After a failure with no valid token, new requests fail fast this long.
+    pub(crate) cooldown: Duration,
+    pub(crate) backoff_base: Duration,
+    pub(crate) backoff_max: Duration,
+    /// Whether to refresh ahead at all (a fixed bearer token cannot be).
+    pub(crate) refresh_ahead: bool,
+}
+
+impl Default for RefreshPolicy {
+    fn default() -> Self {
+        Self {
+            refresh_fraction: 0.8,
+            jitter: 0.1,
+            safety_margin: Duration::from_secs(30),
+            fetch_timeout: Duration::from_secs(10),
+            cooldown: Duration::from_secs(1),
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            refresh_ahead: true,
+        }
+    }
+}
+
+/// The most a `Retry-After` stretches a cool-down or a backoff.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// A token in the cache, with its pre-built header.
+#[derive(Debug)]
+pub(crate) struct CachedToken {
+    pub(crate) header: HeaderValue,
+    /// Identifies this token for [`TokenCache::invalidate`].
+    pub(crate) generation: u64,
+    token: AccessToken,
+    refresh_due: AtomicBool,
+    refresh_at: Instant,
+    stale_at: Instant,
+}
+
+impl CachedToken {
+    pub(crate) fn token(&self) -> &AccessToken {
+        &self.token
+    }
+}
+
+/// One token cache. Cheap to clone; clones share everything.
+#[derive(Clone, Debug)]
+pub(crate) struct TokenCache {
+    inner: Arc<CacheInner>,
+}
+
+struct CacheInner {
+    current: ArcSwapOption<CachedToken>,
+    slow: Mutex<Slow>,
+    source: Arc<dyn TokenSource>,
+    params: TokenParams,
+    policy: Arc<RefreshPolicy>,
+    counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for CacheInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("params", &self.params)
+            .field("has_token", &self.current.load().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// State only the slow path touches, behind a plain mutex.
+#[derive(Default)]
+struct Slow {
+    flight: Option<Flight>,
+    failure: Option<Failure>,
+    last_invalidation: Option<Instant>,
+    generation: u64,
+}
+
+struct Failure {
+    error: TokenError,
+    until: Instant,
+}
+
+type Flight = Shared<BoxFuture<'static, Outcome>>;
+
+/// A fetch's result, shared by all its waiters.
+pub(crate) struct Outcome(pub(crate) Result<Arc<CachedToken>, TokenError>);
+
+impl Clone for Outcome {
+    fn clone(&self) -> Self {
+        Outcome(match &self.0 {
+            Ok(token) => Ok(Arc::clone(token)),
+            Err(err) => Err(err.share()),
+        })
+    }
+}
+
+/// What [`TokenCache::invalidate`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Invalidated {
+    /// The token was dropped; the next one will be fetched.
+    Dropped,
+    /// It had already been replaced.
+    AlreadyReplaced,
+    /// A 401 dropped a token less than a cool-down ago: this one is kept, so
+    /// that a server rejecting every token cannot cause a refresh storm.
+    Throttled,
+}
+
+impl TokenCache {
+    pub(crate) fn new(
+        source: Arc<dyn TokenSource>,
+        params: TokenParams,
+        policy: Arc<RefreshPolicy>,
+        counters: Arc<Counters>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(CacheInner {
+                current: ArcSwapOption::empty(),
+                slow: Mutex::new(Slow::default()),
+                source,
+                params,
+                policy,
+                counters,
+            }),
+        }
+    }
+
+    /// The hot path: the current token's header and generation, if there is a
+    /// token that is not stale. Starts a background refresh when one is due.
+    #[inline]
+    pub(crate) fn cached(&self) -> Option<(HeaderValue, u64)> {
+        let guard = self.inner.current.load();
+        let cached = guard.as_ref()?;
+        if cached.refresh_due.load(Ordering::Relaxed) {
+            self.refresh_ahead(cached);
+        }
+        Some((cached.header.clone(), cached.generation))
+    }
+
+    /// The current token, if any (for handing tokens out).
+    pub(crate) fn current(&self) -> Option<Arc<CachedToken>> {
+        self.inner.current.load_full()
+    }
+
+    /// The slow path: waits for the in-flight fetch, starts one, or fails
+    /// fast during a cool-down.
+    pub(crate) fn wait(&self) -> TokenWait {
+        let mut slow = self.inner.lock_slow();
+        if let Some(cached) = self.inner.current.load_full() {
+            return TokenWait::ready(Ok(cached));
+        }
+        Counters::bump(&self.inner.counters.waited_for_token);
+        if let Some(flight) = slow.flight.as_ref().filter(|f| f.peek().is_none()) {
+            return TokenWait::Flight(flight.clone());
+        }
+        if let Some(failure) = &slow.failure {
+            if Instant::now() < failure.until {
+                return TokenWait::ready(Err(failure.error.share()));
+            }
+        }
+        match self.inner.start_flight(&mut slow) {
+            Ok(flight) => TokenWait::Flight(flight),
+            Err(err) => TokenWait::ready(Err(err)),
+        }
+    }
+
+    /// Drops the token of `generation` after a 401, if it is still current.
+    pub(crate) fn invalidate(&self, generation: u64) -> Invalidated {
+        let guard = self.inner.current.load();
+        let Some(cached) = guard.as_ref().filter(|c| c.generation == generation) else {
+            return Invalidated::AlreadyReplaced;
+        };
+        let mut slow = self.inner.lock_slow();
+        let now = Instant::now();
+        if slow
+            .last_invalidation
+            .is_some_and(|last| now < last + self.inner.policy.cooldown)
+        {
+            tracing::debug!("a second 401 within the cool-down; keeping the token");
+            return Invalidated::Throttled;
+        }
+        slow.last_invalidation = Some(now);
+        let previous = self.inner.current.compare_and_swap(cached, None);
+        if previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, cached)) {
+            tracing::info!("Propel rejected the cached access token with 401; fetching a new one");
+            Invalidated::Dropped
+        } else {
+            Invalidated::AlreadyReplaced
+        }
+    }
+
+    fn refresh_ahead(&self, cached: &CachedToken) {
+        if !cached.refresh_due.swap(false, Ordering::AcqRel) {
+            return; // another request got here first
+        }
+        let mut slow = self.inner.lock_slow();
+        if slow.flight.as_ref().is_some_and(|f| f.peek().is_none()) {
+            return;
+        }
+        tracing::debug!("access token due for refresh; fetching the next one in the background");
+        if let Err(err) = self.inner.start_flight(&mut slow) {
+            tracing::warn!(error = %err, "could not start a background token refresh");
+        }
+    }
+}
+
+impl CacheInner {
+    fn lock_slow(&self) -> MutexGuard<'_, Slow> {
+        // The slow state stays consistent even if a holder panicked.
+        self.slow
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Spawns the one fetch task and records it as in flight.
+    fn start_flight(self: &Arc<Self>, slow: &mut Slow) -> Result<Flight, TokenError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            TokenError::with_source(
+                TokenErrorKind::Transport,
+                "a token fetch needs a tokio runtime, and none is running on this thread",
+            )
+        })?;
+        let (tx, rx) = oneshot::channel();
+        runtime.spawn(Arc::clone(self).run_flight(tx));
+        let flight = async move {
+            rx.await.unwrap_or_else(|_| {
+                // The task died with its runtime: do not leave anyone waiting.
+                Outcome(Err(TokenError::with_source(
+                    TokenErrorKind::Transport,
+                    "the token fetch was abandoned (its runtime shut down)",
+                )))
+            })
+        }
+        .boxed()
+        .shared();
+        slow.flight = Some(flight.clone());
+        Ok(flight)
+    }
+
+    /// The fetch task: attempts (and background retries), then publishing,
+    /// then acting on the new token's deadlines.
+    async fn run_flight(self: Arc<Self>, tx: oneshot::Sender<Outcome>) {
+        let mut attempt: u32 = 0;
+        let result = loop {
+            attempt += 1;
+            let background = self.current.load().is_some();
+            Counters::bump(&self.counters.token_requests);
+            let span = tracing::info_span!(
+                "propel.token_request",
+                attempt,
+                background,
+                outcome = tracing::field::Empty,
+            );
+            let started = Instant::now();
+            let fetched = tokio::time::timeout(
+                self.policy.fetch_timeout,
+                self.source.fetch_token(&self.params),
+            )
+            .instrument(span.clone())
+            .await
+            .unwrap_or_else(|_| Err(TokenError::new(TokenErrorKind::Timeout)));
+            match fetched {
+                Ok(token) => {
+                    span.record("outcome", "ok");
+                    tracing::info!(parent: &span, elapsed_ms = started.elapsed().as_millis() as u64, lifetime_s = token.lifetime().as_secs(), "fetched a Propel access token");
+                    break Ok(self.publish(token));
+                }
+                Err(err) => {
+                    span.record("outcome", "error");
+                    Counters::bump(&self.counters.token_failures);
+                    if let Some(delay) = self.background_retry_delay(attempt, &err) {
+                        tracing::warn!(parent: &span, error = %err, retry_in_ms = delay.as_millis() as u64, "background token refresh failed; the current token stays in use");
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                    tracing::warn!(parent: &span, error = %err, "token request failed");
+                    break Err(err);
+                }
+            }
+        };
+        {
+            let mut slow = self.lock_slow();
+            slow.flight = None;
+            match &result {
+                Ok(_) => slow.failure = None,
+                Err(err) if self.current.load().is_none() => {
+                    let wait = err
+                        .retry_after()
+                        .map_or(Duration::ZERO, |after| after.min(MAX_RETRY_AFTER));
+                    slow.failure = Some(Failure {
+                        error: err.share(),
+                        until: Instant::now() + self.policy.cooldown.max(wait),
+                    });
+                }
+                Err(_) => {}
+            }
+        }
+        let published = result.as_ref().ok().cloned();
+        let _ = tx.send(Outcome(result));
+        if let Some(cached) = published {
+            let weak = Arc::downgrade(&self);
+            drop(self);
+            watch_deadlines(weak, cached).await;
+        }
+    }
+
+    /// Puts a fresh token in place and works out its deadlines.
+    fn publish(&self, token: AccessToken) -> Arc<CachedToken> {
+        let now = Instant::now();
+        let lifetime = token
+            .expires_at()
+            .saturating_duration_since(now)
+            .max(super::access_token::MIN_LIFETIME);
+        let margin = self.policy.safety_margin.min(lifetime / 4);
+        let usable = lifetime - margin;
+        let fraction = self.policy.refresh_fraction - self.policy.jitter * random_unit();
+        let refresh_at = now + usable.mul_f64(fraction.clamp(0.05, 1.0));
+        let generation = {
+            let mut slow = self.lock_slow();
+            slow.generation += 1;
+            slow.generation
+        };
+        let cached = Arc::new(CachedToken {
+            header: token.header().clone(),
+            generation,
+            token,
+            refresh_due: AtomicBool::new(false),
+            refresh_at,
+            stale_at: now + usable,
+        });
+        self.current.store(Some(Arc::clone(&cached)));
+        cached
+    }
+
+    /// How long to wait before retrying a failed fetch in the background, or
+    /// `None` to give up: the error is not transient, there is no valid token
+    /// to keep serving (waiters get the error now), or it would go stale first.
+    fn background_retry_delay(&self, attempt: u32, err: &TokenError) -> Option<Duration> {
+        if !err.is_transient() {
+            return None;
+        }
+        let current = self.current.load();
+        let stale_at = current.as_ref()?.stale_at;
+        let exp = self
+            .policy
+            .backoff_base
+            .saturating_mul(1 << attempt.min(16).saturating_sub(1))
+            .min(self.policy.backoff_max);
+        // "Equal jitter": half fixed, half random, so retries never bunch up.
+        let delay = exp / 2 + exp.mul_f64(0.5 * random_unit());
+        let delay = delay.max(err.retry_after().unwrap_or_default().min(MAX_RETRY_AFTER));
+        (Instant::now() + delay < stale_at).then_some(delay)
+    }
+}
+
+/// Raises the token's refresh flag when it is due, and removes it when it goes
+/// stale, unless it has been replaced meanwhile. Holds the cache weakly: a
+/// dropped layer ends this task at its next wake-up.
+async fn watch_deadlines(cache: Weak<CacheInner>, cached: Arc<CachedToken>) {
+    let is_current = |inner: &CacheInner| {
+        inner
+            .current
+            .load()
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, &cached))
+    };
+    if cache
+        .upgrade()
+        .is_some_and(|inner| inner.policy.refresh_ahead)
+    {
+        tokio::time::sleep_until(cached.refresh_at).await;
+        match cache.upgrade() {
+            Some(inner) if is_current(&inner) => cached.refresh_due.store(true, Ordering::Release),
+            _ => return,
+        }
+    }
+    tokio::time::sleep_until(cached.stale_at).await;
+    if let Some(inner) = cache.upgrade() {
+        if is_current(&inner) {
+            inner.current.compare_and_swap(&cached, None);
+            tracing::debug!("access token went stale before a refresh landed");
+        }
+    }
+}
+
+/// A number in `[0, 1)`, different on every call; enough for jitter.
+fn random_unit() -> f64 {
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u64(0x9e37_79b9_7f4a_7c15);
+    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Waiting for a token: either already decided, or a share of the in-flight fetch.
+pub(crate) enum TokenWait {
+    Ready(Option<Outcome>),
+    Flight(Flight),
+}
+
+impl TokenWait {
+    fn ready(result: Result<Arc<CachedToken>, TokenError>) -> Self {
+        TokenWait::Ready(Some(Outcome(result)))
+    }
+}
+
+impl Future for TokenWait {
+    type Output = Result<Arc<CachedToken>, TokenError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            TokenWait::Ready(outcome) => {
+                Poll::Ready(outcome.take().expect("polled after completion").0)
+            }
+            TokenWait::Flight(flight) => flight.poll_unpin(cx).map(|outcome| outcome.0),
+        }
+    }
+}
+
+impl std::fmt::Debug for TokenWait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TokenWait::Ready(_) => "TokenWait::Ready",
+            TokenWait::Flight(_) => "TokenWait::Flight",
+        })
+    }
+}

@@ -1,0 +1,291 @@
+//! The OAuth2 client-credentials exchange with Propel's Token API.
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use tracing::Instrument as _;
+
+use super::http_client::{TokenHttpClient, TokenHttpResponse};
+use super::{AccessToken, TokenParams, TokenSource};
+use crate::body::{excerpt, parse_error_body};
+use crate::credentials::basic_header;
+use crate::error::{TokenError, TokenErrorKind};
+use crate::{Credentials, Scope};
+
+/// Propel's Token API.
+pub const DEFAULT_TOKEN_URL: &str = "https://auth.us-east-2.propeldata.com/oauth2/token";
+
+/// How the Application authenticates to the Token API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ClientAuth {
+    /// `client_id` and `client_secret` in the form body, as Propel's docs and
+    /// Terraform provider send them.
+    #[default]
+    FormBody,
+    /// HTTP Basic with only `grant_type` (and `scope`, `policy_values`) in the
+    /// body, as Propel's Go client sends them.
+    BasicHeader,
+}
+
+/// Mints tokens with the client-credentials grant.
+pub(crate) struct ClientCredentials {
+    pub(crate) credentials: Credentials,
+    pub(crate) token_url: Uri,
+    pub(crate) client_auth: ClientAuth,
+    pub(crate) http: TokenHttpClient,
+}
+
+impl TokenSource for ClientCredentials {
+    fn fetch_token(
+        &self,
+        params: &TokenParams,
+    ) -> BoxFuture<'static, Result<AccessToken, TokenError>> {
+        let request = self.request(params);
+        let http = self.http.clone();
+        let span = tracing::debug_span!(
+            "propel.token_exchange",
+            url = %self.token_url,
+            scopes = %Scope::join(params.scopes()),
+            status = tracing::field::Empty,
+        );
+        Box::pin(
+            async move {
+                let response = http
+                    .send(request)
+                    .await
+                    .map_err(|err| TokenError::with_source(TokenErrorKind::Transport, err))?;
+                tracing::Span::current().record("status", response.status.as_u16());
+                token_from_response(response)
+            }
+            .instrument(span),
+        )
+    }
+}
+
+impl ClientCredentials {
+    fn request(&self, params: &TokenParams) -> http::Request<Bytes> {
+        let secret = self.credentials.secret().expose_secret();
+        let scope = Scope::join(params.scopes());
+        let mut form: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
+        if self.client_auth == ClientAuth::FormBody {
+            form.push(("client_id", self.credentials.application_id()));
+            form.push(("client_secret", secret));
+        }
+        if !scope.is_empty() {
+            form.push(("scope", &scope));
+        }
+        if let Some(values) = params.policy_values() {
+            form.push(("policy_values", values));
+        }
+        let body = serde_urlencoded::to_string(&form).expect("string pairs always encode");
+        let mut request = http::Request::new(Bytes::from(body));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.token_url.clone();
+        let headers = request.headers_mut();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        if self.client_auth == ClientAuth::BasicHeader {
+            headers.insert(
+                AUTHORIZATION,
+                basic_header(self.credentials.application_id(), secret),
+            );
+        }
+        request
+    }
+}
+
+impl fmt::Debug for ClientCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCredentials")
+            .field("credentials", &self.credentials)
+            .field("token_url", &self.token_url)
+            .field("client_auth", &self.client_auth)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenBody {
+    access_token: Option<String>,
+    token_type: Option<String>,
+    expires_in: Option<serde_json::Value>,
+}
+
+/// Turns a Token API answer into a token or a typed error.
+pub(crate) fn token_from_response(response: TokenHttpResponse) -> Result<AccessToken, TokenError> {
+    let TokenHttpResponse {
+        status,
+        headers,
+        body,
+    } = response;
+    if status.is_success() {
+        if body.truncated {
+            return Err(TokenError::build(
+                TokenErrorKind::InvalidResponse,
+                Some(status),
+                None,
+                Some("the answer is larger than 64 KiB".into()),
+                None,
+                None,
+            ));
+        }
+        let parsed: TokenBody = serde_json::from_slice(&body.bytes).map_err(|err| {
+            TokenError::build(
+                TokenErrorKind::InvalidResponse,
+                Some(status),
+                None,
+                Some(format!(
+                    "the answer is not the expected JSON ({})",
+                    excerpt(&err.to_string())
+                )),
+                None,
+                None,
+            )
+        })?;
+        let token = parsed
+            .access_token
+            .filter(|token| !token.is_empty())
+            .ok_or_else(|| TokenError::invalid_response("the answer has no access_token"))?;
+        if let Some(kind) = parsed
+            .token_type
+            .filter(|kind| !kind.eq_ignore_ascii_case("bearer"))
+        {
+            return Err(TokenError::invalid_response(format!(
+                "the token_type is {:?}, not Bearer",
+                excerpt(&kind)
+            )));
+        }
+        let expires_in = parsed.expires_in.and_then(|value| match value {
+            serde_json::Value::Number(n) => n.as_f64(),
+            serde_json::Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        });
+        return AccessToken::from_response(token, expires_in);
+    }
+    let parsed = parse_error_body(&body.bytes);
+    let kind = match status {
+        StatusCode::TOO_MANY_REQUESTS => TokenErrorKind::RateLimited,
+        s if s.is_client_error() => match parsed.code.as_deref() {
+            Some("invalid_client") => TokenErrorKind::InvalidClient,
+            Some("invalid_request") => TokenErrorKind::InvalidRequest,
+            Some("unsupported_grant_type") => TokenErrorKind::UnsupportedGrantType,
+            Some("invalid_scope") => TokenErrorKind::InvalidScope,
+            Some("unauthorized_client") => TokenErrorKind::UnauthorizedClient,
+            _ => TokenErrorKind::Rejected,
+        },
+        _ => TokenErrorKind::Server,
+    };
+    Err(TokenError::build(
+        kind,
+        Some(status),
+        parsed.code,
+        parsed.message,
+        retry_after(&headers),
+        None,
+    ))
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not honoured: it needs a
+/// clock the server shares, and the backoff covers it).
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs.min(24 * 3600)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::body::Capped;
+
+    fn answer(status: u16, body: &str) -> TokenHttpResponse {
+        TokenHttpResponse {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers: HeaderMap::new(),
+            body: Capped {
+                bytes: Bytes::copy_from_slice(body.as_bytes()),
+                truncated: false,
+            },
+        }
+    }
+
+    #[test]
+    fn a_good_answer_is_a_token() {
+        let token = token_from_response(answer(
+            200,
+            r#"{"access_token":"abc","expires_in":3600,"token_type":"bearer"}"#,
+        ))
+        .unwrap();
+        assert_eq!(token.lifetime(), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn bad_answers_are_typed() {
+        let cases = [
+            (
+                200,
+                r#"{"access_token":"abc","token_type":"mac"}"#,
+                TokenErrorKind::InvalidResponse,
+            ),
+            (
+                200,
+                r#"{"expires_in":3600}"#,
+                TokenErrorKind::InvalidResponse,
+            ),
+            (200, r#"{"access_token":"#, TokenErrorKind::InvalidResponse),
+            (
+                400,
+                r#"{"error":"invalid_client","error_description":"client_secret is invalid"}"#,
+                TokenErrorKind::InvalidClient,
+            ),
+            (
+                401,
+                r#"{"error":"invalid_client"}"#,
+                TokenErrorKind::InvalidClient,
+            ),
+            (
+                400,
+                r#"{"error":"unsupported_grant_type"}"#,
+                TokenErrorKind::UnsupportedGrantType,
+            ),
+            (
+                400,
+                r#"{"error":"invalid_scope"}"#,
+                TokenErrorKind::InvalidScope,
+            ),
+            (400, "<html>bad</html>", TokenErrorKind::Rejected),
+            (429, "", TokenErrorKind::RateLimited),
+            (503, "", TokenErrorKind::Server),
+        ];
+        for (status, body, kind) in cases {
+            let err = token_from_response(answer(status, body)).unwrap_err();
+            assert_eq!(err.kind(), kind, "{status} {body}");
+        }
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds() {
+        let mut response = answer(503, "");
+        response
+            .headers
+            .insert(RETRY_AFTER, HeaderValue::from_static("7"));
+        let err = token_from_response(response).unwrap_err();
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(7)));
+        assert!(err.is_transient());
+    }
+}

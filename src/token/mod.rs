@@ -1,0 +1,56 @@
+//! Access tokens: where they come from ([`TokenSource`]), what they are
+//! ([`AccessToken`]), what they are minted for ([`TokenParams`]), and the
+//! shared cache that hands them to requests.
+
+mod access_token;
+pub(crate) mod cache;
+pub(crate) mod client_credentials;
+mod fixed;
+pub(crate) mod http_client;
+mod jwt;
+mod params;
+pub(crate) mod store;
+
+use futures_util::future::BoxFuture;
+
+pub use access_token::AccessToken;
+pub(crate) use fixed::FixedToken;
+pub use params::TokenParams;
+
+use crate::error::TokenError;
+
+/// Anything that can mint a fresh access token: the object-safe trait behind
+/// the token flow.
+///
+/// The layer's cache calls it from a task of its own, at most once at a time
+/// per set of [`TokenParams`], under the fetch timeout; it never needs to
+/// cache or deduplicate by itself.
+///
+/// ```
+/// use futures_util::future::BoxFuture;
+/// use std::time::Duration;
+/// use tower_propel_auth::{AccessToken, PropelAuthLayer, TokenError, TokenParams, TokenSource};
+///
+/// /// Tokens from our own back end's token service.
+/// struct FromBackEnd;
+///
+/// impl TokenSource for FromBackEnd {
+///     fn fetch_token(&self, _params: &TokenParams) -> BoxFuture<'static, Result<AccessToken, TokenError>> {
+///         Box::pin(async {
+///             AccessToken::new("eyJ…from-our-back-end", Duration::from_secs(3600))
+///         })
+///     }
+/// }
+///
+/// let layer = PropelAuthLayer::token_source(FromBackEnd);
+/// # let _ = layer;
+/// ```
+pub trait TokenSource: Send + Sync + 'static {
+    /// Mints a fresh token for `params` (the layer's defaults, or the
+    /// parameters a request carries). Return a [`TokenError`] built with
+    /// [`TokenError::from_source`] when it cannot.
+    fn fetch_token(
+        &self,
+        params: &TokenParams,
+    ) -> BoxFuture<'static, Result<AccessToken, TokenError>>;
+}
