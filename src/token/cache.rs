@@ -472,3 +472,7 @@ impl std::fmt::Debug for TokenWait {
         })
     }
 }
+
+#[cfg(test)]
+#[path = "cache_tests.rs"]
+mod tests;

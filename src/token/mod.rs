@@ -10,6 +10,8 @@ pub(crate) mod http_client;
 mod jwt;
 mod params;
 pub(crate) mod store;
+#[cfg(test)]
+pub(crate) mod test_source;
 
 use futures_util::future::BoxFuture;
 

@@ -1,0 +1,449 @@
+//! The cache's promises, driven through the layer over an in-memory inner
+//! service, on paused tokio time.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use tower::{Service, ServiceExt};
+
+use crate::token::test_source::{ScriptedSource, Step};
+use crate::{Error, PropelAuth, PropelAuthLayer, TokenErrorKind};
+
+const API: &str = "https://api.us-east-2.propeldata.com/graphql";
+
+/// An inner service that answers 200 with the `Authorization` header it saw
+/// as the body, or 401 when that header is in `rejected`.
+#[derive(Clone, Default)]
+struct Api {
+    rejected: Arc<Mutex<HashSet<String>>>,
+    calls: Arc<Mutex<usize>>,
+    /// How long the API takes to answer (paused time).
+    latency: Duration,
+}
+
+impl Api {
+    fn reject(&self, header: &str) {
+        self.rejected.lock().unwrap().insert(header.to_owned());
+    }
+
+    fn calls(&self) -> usize {
+        *self.calls.lock().unwrap()
+    }
+}
+
+impl<B: Send + 'static> Service<Request<B>> for Api {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = futures_util::future::BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        *self.calls.lock().unwrap() += 1;
+        let header = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let status = if self.rejected.lock().unwrap().contains(&header) {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::OK
+        };
+        let mut response = Response::new(Full::new(Bytes::from(header)));
+        *response.status_mut() = status;
+        let latency = self.latency;
+        Box::pin(async move {
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            Ok(response)
+        })
+    }
+}
+
+fn layer(source: &ScriptedSource) -> PropelAuthLayer {
+    PropelAuthLayer::token_source(source.clone())
+        .build()
+        .unwrap()
+}
+
+fn request() -> Request<Full<Bytes>> {
+    Request::post(API)
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap()
+}
+
+/// Sends one request and returns the `Authorization` header the API saw.
+async fn send(service: &PropelAuth<Api>) -> Result<String, Error> {
+    let response = service.clone().oneshot(request()).await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Ok(String::from_utf8(body.to_vec()).unwrap())
+}
+
+/// Polls `future` once and says whether it is still pending.
+async fn polls_pending<F: std::future::Future>(future: std::pin::Pin<&mut F>) -> bool {
+    let mut future = Some(future);
+    std::future::poll_fn(|cx| std::task::Poll::Ready(future.take().unwrap().poll(cx).is_pending()))
+        .await
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+#[tokio::test(start_paused = true)]
+async fn ten_thousand_concurrent_requests_on_an_empty_cache_make_one_token_request() {
+    let source = ScriptedSource::tokens(Duration::from_millis(100), HOUR);
+    let layer = layer(&source);
+    let service = layer.layer_over(Api::default());
+    let tasks: Vec<_> = (0..10_000)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move { send(&service).await })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap(), "Bearer token1");
+    }
+    assert_eq!(source.calls(), 1);
+    assert_eq!(layer.stats().token_requests, 1);
+    assert_eq!(layer.stats().waited_for_token, 10_000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_request_that_started_a_fetch_cancels_nothing() {
+    let source = ScriptedSource::tokens(Duration::from_secs(1), HOUR);
+    let layer = layer(&source);
+    let service = layer.layer_over(Api::default());
+
+    // The first request starts the fetch, then is dropped mid-fetch.
+    let mut first = Box::pin(send(&service));
+    assert!(polls_pending(first.as_mut()).await);
+    let second = tokio::spawn({
+        let service = service.clone();
+        async move { send(&service).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(first);
+
+    assert_eq!(second.await.unwrap().unwrap(), "Bearer token1");
+    assert_eq!(source.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fetch_whose_waiters_all_left_still_fills_the_cache() {
+    let source = ScriptedSource::tokens(Duration::from_secs(1), HOUR);
+    let layer = layer(&source);
+    let service = layer.layer_over(Api::default());
+    let mut only = Box::pin(send(&service));
+    assert!(polls_pending(only.as_mut()).await);
+    drop(only);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let waited = layer.stats().waited_for_token;
+    assert_eq!(send(&service).await.unwrap(), "Bearer token1");
+    assert_eq!(
+        layer.stats().waited_for_token,
+        waited,
+        "the token was already cached"
+    );
+    assert_eq!(source.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_is_refreshed_ahead_and_nobody_waits_while_it_is_valid() {
+    // 100 s tokens: safety margin min(30 s, 25 s) = 25 s, so usable for 75 s;
+    // refresh at 70–80% of that: between 52.5 s and 60 s.
+    let source = ScriptedSource::tokens(Duration::from_secs(2), Duration::from_secs(100));
+    let layer = layer(&source);
+    let service = layer.layer_over(Api::default());
+    assert_eq!(send(&service).await.unwrap(), "Bearer token1");
+    let fetched_at = tokio::time::Instant::now();
+    assert_eq!(layer.stats().waited_for_token, 1);
+
+    tokio::time::sleep(Duration::from_secs(52)).await;
+    assert_eq!(send(&service).await.unwrap(), "Bearer token1");
+    assert_eq!(source.calls(), 1, "not yet due");
+
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    // Due now: this request starts the refresh and goes out with token1 at once.
+    let before = tokio::time::Instant::now();
+    assert_eq!(send(&service).await.unwrap(), "Bearer token1");
+    assert_eq!(
+        tokio::time::Instant::now(),
+        before,
+        "the request did not wait"
+    );
+    tokio::task::yield_now().await; // let the refresh task make its request
+    assert_eq!(source.calls(), 2);
+    // Requests during the 2 s refresh keep using token1 without waiting.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(send(&service).await.unwrap(), "Bearer token1");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(send(&service).await.unwrap(), "Bearer token2");
+
+    assert_eq!(
+        layer.stats().waited_for_token,
+        1,
+        "only the very first request waited"
+    );
+    assert!(
+        fetched_at.elapsed() < Duration::from_secs(75),
+        "all within token1's usable life"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_background_refresh_keeps_the_old_token_and_backs_off() {
+    let source = ScriptedSource::tokens(Duration::ZERO, HOUR)
+        .then(Step::Token(HOUR))
+        .then(Step::Fail(TokenErrorKind::Server))
+        .then(Step::Fail(TokenErrorKind::Server))
+        .then(Step::Fail(TokenErrorKind::Server))
+        .then(Step::Fail(TokenErrorKind::Server));
+    let layer = layer(&source);
+    let service = layer.layer_over(Api::default());
+    assert_eq!(send(&service).await.unwrap(), "Bearer token1");
+
+    // An hour-long token: usable 3570 s, due by 80% of that.
+    tokio::time::sleep(Duration::from_secs(2857)).await;
+    assert_eq!(send(&service).await.unwrap(), "Bearer token1");
+    // Let the failed attempts and their backoff play out: 500 ms base, doubling.
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let header = send(&service).await.unwrap();
+        if source.calls() < 6 {
+            assert_eq!(header, "Bearer token1", "the old token keeps serving");
+        }
+    }
+    assert_eq!(send(&service).await.unwrap(), "Bearer token6");
+    let times = source.call_times();
+    assert_eq!(times.len(), 6);
+    let gaps: Vec<Duration> = times[1..].windows(2).map(|w| w[1] - w[0]).collect();
+    // Equal jitter: attempt n waits between half and all of 500 ms × 2^(n-1).
+    for (n, gap) in gaps.iter().enumerate() {
+        let full = Duration::from_millis(500) * (1 << n);
+        assert!(
+            *gap >= full / 2 && *gap <= full,
+            "gap {n}: {gap:?} not in [{:?}, {full:?}]",
+            full / 2
+        );
+    }
+    assert_eq!(layer.stats().waited_for_token, 1);
+    assert_eq!(layer.stats().token_failures, 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_error_in_the_background_is_not_retried() {
+    let source = ScriptedSource::tokens(Duration::ZERO, HOUR)
+        .then(Step::Token(HOUR))
+        .then(Step::Fail(TokenErrorKind::InvalidClient));
+    let layer = layer(&source);
+    let service = layer.layer_over(Api::default());
+    send(&service).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2857)).await;
+    send(&service).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(send(&service).await.unwrap(), "Bearer token1");
+    assert_eq!(
+        source.calls(),
+        2,
+        "a 4xx is a configuration problem, not retried"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiters_of_a_failed_fetch_share_one_error_then_fail_fast_during_the_cooldown() {
+    let source = ScriptedSource::new(
+        Duration::from_millis(50),
+        Step::Fail(TokenErrorKind::Server),
+    );
+    let layer = layer(&source);
+    let service = layer.layer_over(Api::default());
+
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move { send(&service).await })
+        })
+        .collect();
+    let mut errors = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            Err(Error::Token(err)) => errors.push(err),
+            other => panic!("expected a token error, got {other:?}"),
+        }
+    }
+    assert_eq!(source.calls(), 1);
+    assert_eq!(errors[0].kind(), TokenErrorKind::Server);
+    assert!(
+        errors.iter().all(|err| err.same_as(&errors[0])),
+        "one error, shared"
+    );
+
+    // Within the 1 s cool-down: the same error at once, no new fetch.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = tokio::time::Instant::now();
+    match send(&service).await {
+        Err(Error::Token(err)) => assert!(err.same_as(&errors[0])),
+        other => panic!("expected the cached error, got {other:?}"),
+    }
+    assert_eq!(tokio::time::Instant::now(), before);
+    assert_eq!(source.calls(), 1);
+
+    // The Token API recovers; after the cool-down the next request succeeds.
+    source.set_otherwise(Step::Token(HOUR));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(send(&service).await.unwrap(), "Bearer token2");
+    assert_eq!(source.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_request_that_never_answers_times_out() {
+    let source = ScriptedSource::new(Duration::ZERO, Step::Hang);
+    let layer = PropelAuthLayer::token_source(source.clone())
+        .fetch_timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let service = layer.layer_over(Api::default());
+    let started = tokio::time::Instant::now();
+    match send(&service).await {
+        Err(Error::Token(err)) => {
+            assert_eq!(err.kind(), TokenErrorKind::Timeout);
+            assert!(err.is_transient());
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert_eq!(started.elapsed(), Duration::from_secs(3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_token_is_not_used_and_the_next_request_waits_for_a_new_one() {
+    // A 40 s token is stale at 30 s (margin: a quarter of the lifetime).
+    let source = ScriptedSource::tokens(Duration::from_secs(1), Duration::from_secs(40));
+    let layer = PropelAuthLayer::token_source(source.clone())
+        .refresh_at(1.0)
+        .refresh_jitter(0.0)
+        .build()
+        .unwrap();
+    let service = layer.layer_over(Api::default());
+    assert_eq!(send(&service).await.unwrap(), "Bearer token1");
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert_eq!(send(&service).await.unwrap(), "Bearer token2");
+    assert_eq!(layer.stats().waited_for_token, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fifty_concurrent_401s_on_one_token_cause_one_refresh_and_fifty_retries() {
+    let source = ScriptedSource::tokens(Duration::from_millis(10), HOUR);
+    let layer = layer(&source);
+    // The API answers after 5 ms, so all fifty are out with token1 before
+    // the first 401 comes back.
+    let api = Api {
+        latency: Duration::from_millis(5),
+        ..Api::default()
+    };
+    let service = layer.layer_over(api.clone());
+    assert_eq!(send(&service).await.unwrap(), "Bearer token1");
+    api.reject("Bearer token1");
+
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move { send(&service).await })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap(), "Bearer token2");
+    }
+    assert_eq!(source.calls(), 2, "one refresh for all fifty 401s");
+    assert_eq!(layer.stats().unauthorized_retries, 50);
+    assert_eq!(api.calls(), 1 + 50 + 50);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_401_is_unauthorized() {
+    let source = ScriptedSource::tokens(Duration::ZERO, HOUR);
+    let layer = layer(&source);
+    let api = Api::default();
+    let service = layer.layer_over(api.clone());
+    api.reject("Bearer token1");
+    api.reject("Bearer token2");
+    match send(&service).await {
+        Err(Error::Unauthorized(err)) => assert!(err.retried()),
+        other => panic!("expected Unauthorized, got {other:?}"),
+    }
+    assert_eq!(api.calls(), 2);
+    assert_eq!(source.calls(), 2);
+    assert_eq!(layer.stats().unauthorized, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_that_cannot_be_replayed_is_unauthorized_without_a_retry() {
+    let source = ScriptedSource::tokens(Duration::ZERO, HOUR);
+    let layer = layer(&source);
+    let api = Api::default();
+    let mut service = layer.layer_over(api.clone());
+    api.reject("Bearer token1");
+    let body = BoxBody::new(Full::new(Bytes::from_static(b"{}")));
+    let request = Request::post(API).body(body).unwrap();
+    let response = ServiceExt::<Request<BoxBody<Bytes, Infallible>>>::ready(&mut service)
+        .await
+        .unwrap()
+        .call(request)
+        .await;
+    match response {
+        Err(Error::Unauthorized(err)) => assert!(!err.retried()),
+        other => panic!("expected Unauthorized, got {other:?}"),
+    }
+    assert_eq!(api.calls(), 1);
+    assert_eq!(layer.stats().unauthorized_retries, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_rejecting_every_token_cannot_cause_a_refresh_storm() {
+    let source = ScriptedSource::tokens(Duration::ZERO, HOUR);
+    let layer = layer(&source);
+    let api = Api::default();
+    let service = layer.layer_over(api.clone());
+    for n in 1..=100 {
+        api.reject(&format!("Bearer token{n}"));
+    }
+    // 200 requests, one after the other, 10 ms apart: 2 s of rejections.
+    for _ in 0..200 {
+        assert!(matches!(send(&service).await, Err(Error::Unauthorized(_))));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The first fetch, then at most one 401-triggered refresh per 1 s cool-down.
+    assert!(source.calls() <= 4, "{} token requests", source.calls());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_bearer_token_fails_with_a_typed_error() {
+    let token = crate::AccessToken::new("minted-elsewhere", Duration::from_secs(60)).unwrap();
+    let layer = PropelAuthLayer::bearer(token);
+    let service = layer.layer_over(Api::default());
+    assert_eq!(send(&service).await.unwrap(), "Bearer minted-elsewhere");
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    match send(&service).await {
+        Err(Error::Token(err)) => assert_eq!(err.kind(), TokenErrorKind::Expired),
+        other => panic!("expected Expired, got {other:?}"),
+    }
+}
+
+impl PropelAuthLayer {
+    fn layer_over<S>(&self, inner: S) -> PropelAuth<S> {
+        tower::Layer::layer(self, inner)
+    }
+}
