@@ -11,13 +11,13 @@ use http_body::Body;
 use http_body_util::Full;
 use tower::{BoxError, Layer, Service};
 
-use crate::error::ConfigError;
+use crate::error::{ConfigError, TokenError};
 use crate::origin::{AllowedOrigins, Origin, DEFAULT_API_URL};
 use crate::stats::{Counters, Stats};
-use crate::token::cache::{RefreshPolicy, TokenCache};
+use crate::token::cache::RefreshPolicy;
 use crate::token::client_credentials::{ClientAuth, ClientCredentials, DEFAULT_TOKEN_URL};
 use crate::token::http_client::TokenHttpClient;
-use crate::token::store::TokenStore;
+use crate::token::store::{TokenStore, DEFAULT_MAX_TOKEN_SETS};
 use crate::token::FixedToken;
 use crate::{AccessToken, Credentials, PropelAuth, Scope, TokenParams, TokenSource};
 
@@ -97,7 +97,12 @@ impl PropelAuthLayer {
             refresh_ahead: false,
             ..RefreshPolicy::default()
         };
-        Self::with_source(Arc::new(FixedToken(token)), TokenParams::default(), policy)
+        Self::with_source(
+            Arc::new(FixedToken(token)),
+            TokenParams::default(),
+            policy,
+            1,
+        )
     }
 
     /// Tokens from any [`TokenSource`], cached and refreshed exactly as
@@ -111,14 +116,17 @@ impl PropelAuthLayer {
         source: Arc<dyn TokenSource>,
         params: TokenParams,
         policy: RefreshPolicy,
+        max_token_sets: usize,
     ) -> Self {
         let counters = Arc::<Counters>::default();
-        let cache = TokenCache::new(source, params, Arc::new(policy), Arc::clone(&counters));
-        Self::from_parts(
-            Auth::Token(Arc::new(TokenStore::new(cache))),
-            counters,
-            true,
-        )
+        let store = TokenStore::new(
+            source,
+            params,
+            Arc::new(policy),
+            Arc::clone(&counters),
+            max_token_sets,
+        );
+        Self::from_parts(Auth::Token(Arc::new(store)), counters, true)
     }
 
     fn from_parts(auth: Auth, counters: Arc<Counters>, replay_unauthorized: bool) -> Self {
@@ -165,7 +173,35 @@ impl PropelAuthLayer {
 
     /// The counters of this layer, its clones and their services.
     pub fn stats(&self) -> Stats {
-        self.shared.counters.snapshot()
+        let mut stats = self.shared.counters.snapshot();
+        if let Auth::Token(store) = &self.shared.auth {
+            stats.token_sets = store.keyed_len() as u64;
+        }
+        stats
+    }
+
+    /// A valid access token for `params` (the layer's defaults when `None`),
+    /// from the same cache requests use: the cached one, or one fetched
+    /// through the single flight. For a back end that hands tokens to front
+    /// ends, which then use [`PropelAuthLayer::bearer`] or call Propel directly;
+    /// [`AccessToken::expires_in`] says how long it has left.
+    ///
+    /// Fails for a [`basic`](Self::basic) layer, which has no tokens.
+    pub async fn access_token(
+        &self,
+        params: Option<&TokenParams>,
+    ) -> Result<AccessToken, TokenError> {
+        let Auth::Token(store) = &self.shared.auth else {
+            return Err(TokenError::from_source(
+                "this layer sends Basic credentials; build it with client_credentials to get tokens",
+                false,
+            ));
+        };
+        let cache = store.cache_for(params);
+        match cache.current() {
+            Some(cached) => Ok(cached.token().clone()),
+            None => Ok(cache.wait().await?.token().clone()),
+        }
     }
 }
 
@@ -246,6 +282,7 @@ pub struct TokenLayerBuilder {
     http: Option<TokenHttpClient>,
     policy: RefreshPolicy,
     replay_unauthorized: bool,
+    max_token_sets: usize,
 }
 
 impl TokenLayerBuilder {
@@ -261,6 +298,7 @@ impl TokenLayerBuilder {
             http: None,
             policy: RefreshPolicy::default(),
             replay_unauthorized: true,
+            max_token_sets: DEFAULT_MAX_TOKEN_SETS,
         }
     }
 
@@ -394,6 +432,14 @@ impl TokenLayerBuilder {
         self
     }
 
+    /// The most parameter sets (tenants) with a token cache of their own at
+    /// once (default 4096). Past it, a set without a valid token is dropped
+    /// first, else the least recently used one.
+    pub fn max_token_sets(mut self, max: usize) -> Self {
+        self.max_token_sets = max;
+        self
+    }
+
     /// Checks the configuration and builds the layer. No request is made.
     pub fn build(self) -> Result<PropelAuthLayer, ConfigError> {
         if let Some(err) = self.policy_values_error {
@@ -435,7 +481,8 @@ impl TokenLayerBuilder {
                 self.http,
             )?),
         };
-        let layer = PropelAuthLayer::with_source(source, self.params, self.policy);
+        let layer =
+            PropelAuthLayer::with_source(source, self.params, self.policy, self.max_token_sets);
         let replay = self.replay_unauthorized;
         Ok(layer.map_shared(|shared| Shared {
             origins,

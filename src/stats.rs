@@ -21,6 +21,9 @@ pub struct Stats {
     pub unauthorized: u64,
     /// Requests that ended in [`Error::Forbidden`](crate::Error::Forbidden).
     pub forbidden: u64,
+    /// Parameter sets (tenants) with a token cache of their own right now
+    /// (a gauge, not a count; the default set is not included).
+    pub token_sets: u64,
 }
 
 #[derive(Debug, Default)]
@@ -46,6 +49,7 @@ impl Counters {
             unauthorized_retries: self.unauthorized_retries.load(Relaxed),
             unauthorized: self.unauthorized.load(Relaxed),
             forbidden: self.forbidden.load(Relaxed),
+            token_sets: 0,
         }
     }
 }

@@ -1,106 +1,17 @@
 //! The cache's promises, driven through the layer over an in-memory inner
 //! service, on paused tokio time.
 
-use std::collections::HashSet;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::Request;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use tower::{Service, ServiceExt};
 
-use crate::token::test_source::{ScriptedSource, Step};
-use crate::{Error, PropelAuth, PropelAuthLayer, TokenErrorKind};
-
-const API: &str = "https://api.us-east-2.propeldata.com/graphql";
-
-/// An inner service that answers 200 with the `Authorization` header it saw
-/// as the body, or 401 when that header is in `rejected`.
-#[derive(Clone, Default)]
-struct Api {
-    rejected: Arc<Mutex<HashSet<String>>>,
-    calls: Arc<Mutex<usize>>,
-    /// How long the API takes to answer (paused time).
-    latency: Duration,
-}
-
-impl Api {
-    fn reject(&self, header: &str) {
-        self.rejected.lock().unwrap().insert(header.to_owned());
-    }
-
-    fn calls(&self) -> usize {
-        *self.calls.lock().unwrap()
-    }
-}
-
-impl<B: Send + 'static> Service<Request<B>> for Api {
-    type Response = Response<Full<Bytes>>;
-    type Error = Infallible;
-    type Future = futures_util::future::BoxFuture<'static, Result<Self::Response, Infallible>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        *self.calls.lock().unwrap() += 1;
-        let header = request
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default();
-        let status = if self.rejected.lock().unwrap().contains(&header) {
-            StatusCode::UNAUTHORIZED
-        } else {
-            StatusCode::OK
-        };
-        let mut response = Response::new(Full::new(Bytes::from(header)));
-        *response.status_mut() = status;
-        let latency = self.latency;
-        Box::pin(async move {
-            if !latency.is_zero() {
-                tokio::time::sleep(latency).await;
-            }
-            Ok(response)
-        })
-    }
-}
-
-fn layer(source: &ScriptedSource) -> PropelAuthLayer {
-    PropelAuthLayer::token_source(source.clone())
-        .build()
-        .unwrap()
-}
-
-fn request() -> Request<Full<Bytes>> {
-    Request::post(API)
-        .body(Full::new(Bytes::from_static(b"{}")))
-        .unwrap()
-}
-
-/// Sends one request and returns the `Authorization` header the API saw.
-async fn send(service: &PropelAuth<Api>) -> Result<String, Error> {
-    let response = service.clone().oneshot(request()).await?;
-    assert_eq!(response.status(), StatusCode::OK);
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    Ok(String::from_utf8(body.to_vec()).unwrap())
-}
-
-/// Polls `future` once and says whether it is still pending.
-async fn polls_pending<F: std::future::Future>(future: std::pin::Pin<&mut F>) -> bool {
-    let mut future = Some(future);
-    std::future::poll_fn(|cx| std::task::Poll::Ready(future.take().unwrap().poll(cx).is_pending()))
-        .await
-}
-
-const HOUR: Duration = Duration::from_secs(3600);
+use crate::token::test_source::{layer, polls_pending, send, Api, ScriptedSource, Step, API, HOUR};
+use crate::{Error, PropelAuthLayer, TokenErrorKind};
 
 #[tokio::test(start_paused = true)]
 async fn ten_thousand_concurrent_requests_on_an_empty_cache_make_one_token_request() {
@@ -439,11 +350,5 @@ async fn an_expired_bearer_token_fails_with_a_typed_error() {
     match send(&service).await {
         Err(Error::Token(err)) => assert_eq!(err.kind(), TokenErrorKind::Expired),
         other => panic!("expected Expired, got {other:?}"),
-    }
-}
-
-impl PropelAuthLayer {
-    fn layer_over<S>(&self, inner: S) -> PropelAuth<S> {
-        tower::Layer::layer(self, inner)
     }
 }

@@ -1,16 +1,25 @@
-//! A [`TokenSource`] that tests script: counted calls, a delay, and a queue
-//! of results.
+//! Test support: a [`TokenSource`] that tests script (counted calls, a
+//! delay, a queue of results) and an in-memory API behind the layer.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
+use tower::{Service, ServiceExt};
 
 use super::{AccessToken, TokenParams, TokenSource};
 use crate::error::{TokenError, TokenErrorKind};
+use crate::{Error, PropelAuth, PropelAuthLayer};
+
+pub(crate) const API: &str = "https://api.us-east-2.propeldata.com/graphql";
+pub(crate) const HOUR: Duration = Duration::from_secs(3600);
 
 /// What the next fetch does.
 #[derive(Clone, Debug)]
@@ -34,7 +43,6 @@ struct Inner {
     /// What to do once the script runs out.
     otherwise: Mutex<Step>,
     call_times: Mutex<Vec<Instant>>,
-    params_seen: Mutex<Vec<TokenParams>>,
 }
 
 impl ScriptedSource {
@@ -46,7 +54,6 @@ impl ScriptedSource {
                 script: Mutex::default(),
                 otherwise: Mutex::new(otherwise),
                 call_times: Mutex::default(),
-                params_seen: Mutex::default(),
             }),
         }
     }
@@ -72,10 +79,6 @@ impl ScriptedSource {
     pub(crate) fn call_times(&self) -> Vec<Instant> {
         self.inner.call_times.lock().unwrap().clone()
     }
-
-    pub(crate) fn params_seen(&self) -> Vec<TokenParams> {
-        self.inner.params_seen.lock().unwrap().clone()
-    }
 }
 
 impl TokenSource for ScriptedSource {
@@ -86,20 +89,114 @@ impl TokenSource for ScriptedSource {
         let inner = Arc::clone(&self.inner);
         let n = inner.calls.fetch_add(1, Ordering::SeqCst) + 1;
         inner.call_times.lock().unwrap().push(Instant::now());
-        inner.params_seen.lock().unwrap().push(params.clone());
         let step = inner
             .script
             .lock()
             .unwrap()
             .pop_front()
             .unwrap_or_else(|| inner.otherwise.lock().unwrap().clone());
+        let tenant = params.policy_values().map(str::to_owned);
         Box::pin(async move {
             tokio::time::sleep(inner.delay).await;
             match step {
-                Step::Token(lifetime) => AccessToken::new(format!("token{n}"), lifetime),
+                // The token names the parameters it was minted for, so tests
+                // can check that no request carries another set's token.
+                Step::Token(lifetime) => match &tenant {
+                    None => AccessToken::new(format!("token{n}"), lifetime),
+                    Some(values) => AccessToken::new(format!("token{n}|{values}"), lifetime),
+                },
                 Step::Fail(kind) => Err(TokenError::new(kind)),
                 Step::Hang => std::future::pending().await,
             }
         })
+    }
+}
+
+/// An inner service that answers 200 with the `Authorization` header it saw
+/// as the body, or 401 when that header is in `rejected`.
+#[derive(Clone, Default)]
+pub(crate) struct Api {
+    pub(crate) rejected: Arc<Mutex<HashSet<String>>>,
+    pub(crate) calls: Arc<Mutex<usize>>,
+    /// How long the API takes to answer (paused time).
+    pub(crate) latency: Duration,
+}
+
+impl Api {
+    pub(crate) fn reject(&self, header: &str) {
+        self.rejected.lock().unwrap().insert(header.to_owned());
+    }
+
+    pub(crate) fn calls(&self) -> usize {
+        *self.calls.lock().unwrap()
+    }
+}
+
+impl<B: Send + 'static> Service<Request<B>> for Api {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = futures_util::future::BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        *self.calls.lock().unwrap() += 1;
+        let header = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let status = if self.rejected.lock().unwrap().contains(&header) {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::OK
+        };
+        let mut response = Response::new(Full::new(Bytes::from(header)));
+        *response.status_mut() = status;
+        let latency = self.latency;
+        Box::pin(async move {
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            Ok(response)
+        })
+    }
+}
+
+pub(crate) fn layer(source: &ScriptedSource) -> PropelAuthLayer {
+    PropelAuthLayer::token_source(source.clone())
+        .build()
+        .unwrap()
+}
+
+pub(crate) fn request() -> Request<Full<Bytes>> {
+    Request::post(API)
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap()
+}
+
+/// Sends one request and returns the `Authorization` header the API saw.
+pub(crate) async fn send(service: &PropelAuth<Api>) -> Result<String, Error> {
+    let response = service.clone().oneshot(request()).await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Ok(String::from_utf8(body.to_vec()).unwrap())
+}
+
+/// Polls `future` once and says whether it is still pending.
+pub(crate) async fn polls_pending<F: std::future::Future>(future: std::pin::Pin<&mut F>) -> bool {
+    let mut future = Some(future);
+    std::future::poll_fn(|cx| std::task::Poll::Ready(future.take().unwrap().poll(cx).is_pending()))
+        .await
+}
+
+impl PropelAuthLayer {
+    pub(crate) fn layer_over<S>(&self, inner: S) -> PropelAuth<S> {
+        tower::Layer::layer(self, inner)
     }
 }

@@ -1,0 +1,150 @@
+//! Per-tenant caches: isolation, single flight per set, the bound.
+
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+use crate::token::test_source::{layer, request, Api, ScriptedSource, HOUR};
+use crate::{Error, PropelAuth, PropelAuthLayer, TokenParams};
+
+/// Sends one request for `tenant`; returns the `Authorization` header the API saw.
+async fn send_as(service: &PropelAuth<Api>, tenant: &str) -> Result<String, Error> {
+    let mut request = request();
+    request.extensions_mut().insert(TokenParams::tenant(tenant));
+    let response = service.clone().oneshot(request).await?;
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Ok(String::from_utf8(body.to_vec()).unwrap())
+}
+
+/// Whether a header carries a token minted for `tenant`.
+fn minted_for(header: &str, tenant: &str) -> bool {
+    header.ends_with(&format!(r#"|{{"tenant_id":"{tenant}"}}"#))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hundred_tenants_times_a_hundred_requests_make_a_hundred_token_requests() {
+    let source = ScriptedSource::tokens(Duration::from_millis(50), HOUR);
+    let layer = layer(&source);
+    let service = layer.layer_over(Api::default());
+    let tasks: Vec<_> = (0..100)
+        .flat_map(|tenant| (0..100).map(move |_| tenant))
+        .map(|tenant| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let tenant = format!("t{tenant}");
+                (send_as(&service, &tenant).await.unwrap(), tenant)
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (header, tenant) = task.await.unwrap();
+        assert!(minted_for(&header, &tenant), "{tenant} got {header}");
+    }
+    assert_eq!(source.calls(), 100);
+    assert_eq!(layer.stats().token_sets, 100);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_bound_holds_and_no_tenant_gets_another_tenants_token() {
+    let source = ScriptedSource::tokens(Duration::from_millis(1), HOUR);
+    let layer = PropelAuthLayer::token_source(source.clone())
+        .max_token_sets(10)
+        .build()
+        .unwrap();
+    let service = layer.layer_over(Api::default());
+    let mut max_seen = 0;
+    // Three rounds through 50 tenants, 5 at a time.
+    for round in 0..3 {
+        for batch in 0..10 {
+            let tasks: Vec<_> = (0..5)
+                .map(|i| {
+                    let service = service.clone();
+                    let tenant = format!("t{}", batch * 5 + i);
+                    tokio::spawn(async move { (send_as(&service, &tenant).await.unwrap(), tenant) })
+                })
+                .collect();
+            for task in tasks {
+                let (header, tenant) = task.await.unwrap();
+                assert!(
+                    minted_for(&header, &tenant),
+                    "round {round}: {tenant} got {header}"
+                );
+            }
+            max_seen = max_seen.max(layer.stats().token_sets);
+        }
+    }
+    assert!(max_seen <= 10, "{max_seen} token sets cached");
+    assert_eq!(layer.stats().token_sets, 10);
+    // Cycling through 50 tenants with room for 10 evicts every set before its
+    // next use: every request of every round needs a token.
+    assert_eq!(source.calls(), 150);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_401s_for_one_tenant_refresh_only_that_tenants_token() {
+    let source = ScriptedSource::tokens(Duration::from_millis(10), HOUR);
+    let layer = layer(&source);
+    let api = Api {
+        latency: Duration::from_millis(5),
+        ..Api::default()
+    };
+    let service = layer.layer_over(api.clone());
+    let a = send_as(&service, "a").await.unwrap();
+    let b = send_as(&service, "b").await.unwrap();
+    assert_eq!(source.calls(), 2);
+    api.reject(&a);
+
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move { send_as(&service, "a").await.unwrap() })
+        })
+        .collect();
+    for task in tasks {
+        let header = task.await.unwrap();
+        assert!(minted_for(&header, "a") && header != a, "{header}");
+    }
+    assert_eq!(source.calls(), 3, "one refresh, for tenant a only");
+    assert_eq!(
+        send_as(&service, "b").await.unwrap(),
+        b,
+        "tenant b keeps its token"
+    );
+    assert_eq!(layer.stats().unauthorized_retries, 20);
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_with_the_default_parameters_share_the_default_cache() {
+    let source = ScriptedSource::tokens(Duration::ZERO, HOUR);
+    let layer = layer(&source);
+    let service = layer.layer_over(Api::default());
+    crate::token::test_source::send(&service).await.unwrap();
+    let mut request = request();
+    request.extensions_mut().insert(TokenParams::new());
+    service.clone().oneshot(request).await.unwrap();
+    assert_eq!(source.calls(), 1);
+    assert_eq!(layer.stats().token_sets, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_back_end_gets_the_same_cached_token_requests_use() {
+    let source = ScriptedSource::tokens(Duration::from_millis(5), HOUR);
+    let layer = layer(&source);
+    let service = layer.layer_over(Api::default());
+    let header = send_as(&service, "acme").await.unwrap();
+    let token = layer
+        .access_token(Some(&TokenParams::tenant("acme")))
+        .await
+        .unwrap();
+    use secrecy::ExposeSecret;
+    assert_eq!(format!("Bearer {}", token.secret().expose_secret()), header);
+    assert!(token.expires_in() > Duration::from_secs(3500));
+    assert_eq!(source.calls(), 1, "served from the cache");
+    let other = layer
+        .access_token(Some(&TokenParams::tenant("globex")))
+        .await
+        .unwrap();
+    assert!(other.secret().expose_secret().ends_with(r#""globex"}"#));
+    assert_eq!(source.calls(), 2);
+}
