@@ -68,6 +68,7 @@ mod future;
 mod layer;
 mod origin;
 mod request;
+pub mod retry;
 mod scope;
 mod service;
 mod stats;

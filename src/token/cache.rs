@@ -336,9 +336,11 @@ impl CacheInner {
                     let wait = err
                         .retry_after()
                         .map_or(Duration::ZERO, |after| after.min(MAX_RETRY_AFTER));
+                    let cooldown = self.policy.cooldown.max(wait);
+                    tracing::warn!(cooldown_ms = cooldown.as_millis() as u64, "no valid access token; requests fail fast with this error during the cool-down");
                     slow.failure = Some(Failure {
                         error: err.share(),
-                        until: Instant::now() + self.policy.cooldown.max(wait),
+                        until: Instant::now() + cooldown,
                     });
                 }
                 Err(_) => {}
