@@ -28,7 +28,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use http::HeaderValue;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
@@ -100,6 +100,9 @@ pub(crate) struct TokenCache {
 struct CacheInner {
     current: ArcSwapOption<CachedToken>,
     slow: Mutex<Slow>,
+    /// Wakes a fetch sleeping in background backoff when a request starts
+    /// waiting for it (the token it was protecting is gone).
+    waiter_arrived: Notify,
     source: Arc<dyn TokenSource>,
     params: TokenParams,
     policy: Arc<RefreshPolicy>,
@@ -166,6 +169,7 @@ impl TokenCache {
             inner: Arc::new(CacheInner {
                 current: ArcSwapOption::empty(),
                 slow: Mutex::new(Slow::default()),
+                waiter_arrived: Notify::new(),
                 source,
                 params,
                 policy,
@@ -200,6 +204,7 @@ impl TokenCache {
         }
         Counters::bump(&self.inner.counters.waited_for_token);
         if let Some(flight) = slow.flight.as_ref().filter(|f| f.peek().is_none()) {
+            self.inner.waiter_arrived.notify_waiters();
             return TokenWait::Flight(flight.clone());
         }
         if let Some(failure) = &slow.failure {
@@ -317,9 +322,14 @@ impl CacheInner {
                 Err(err) => {
                     span.record("outcome", "error");
                     Counters::bump(&self.counters.token_failures);
+                    let mut waiter_arrived = std::pin::pin!(self.waiter_arrived.notified());
+                    waiter_arrived.as_mut().enable();
                     if let Some(delay) = self.background_retry_delay(attempt, &err) {
                         tracing::warn!(parent: &span, error = %err, retry_in_ms = delay.as_millis() as u64, "background token refresh failed; the current token stays in use");
-                        tokio::time::sleep(delay).await;
+                        // Sleep, unless the token is dropped (a 401) and
+                        // requests start waiting: then retry at once.
+                        let sleep = std::pin::pin!(tokio::time::sleep(delay));
+                        futures_util::future::select(sleep, waiter_arrived).await;
                         continue;
                     }
                     tracing::warn!(parent: &span, error = %err, "token request failed");

@@ -352,3 +352,30 @@ async fn an_expired_bearer_token_fails_with_a_typed_error() {
         other => panic!("expected Expired, got {other:?}"),
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_401_during_background_backoff_retries_at_once_instead_of_waiting_it_out() {
+    let source = ScriptedSource::tokens(Duration::ZERO, HOUR)
+        .then(Step::Token(HOUR))
+        .then(Step::Fail(TokenErrorKind::Server));
+    let layer = PropelAuthLayer::token_source(source.clone())
+        .backoff(Duration::from_secs(20), Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let api = Api::default();
+    let service = layer.layer_over(api.clone());
+    send(&service).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2857)).await;
+    send(&service).await.unwrap(); // starts the refresh, which fails and backs off 10–20 s
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(source.calls(), 2);
+
+    api.reject("Bearer token1");
+    let started = tokio::time::Instant::now();
+    assert_eq!(send(&service).await.unwrap(), "Bearer token3");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "waited {:?}",
+        started.elapsed()
+    );
+}
