@@ -12,6 +12,7 @@ use crate::future::{Attempt, ResponseFuture};
 use crate::layer::{Auth, Shared};
 use crate::origin::Decision;
 use crate::request::{AuthRequest, AuthResponse};
+use crate::token::cache::CacheHandle;
 
 /// Adds Propel credentials to the requests of an inner HTTP service.
 ///
@@ -27,11 +28,21 @@ use crate::request::{AuthRequest, AuthResponse};
 pub struct PropelAuth<S> {
     inner: S,
     shared: Arc<Shared>,
+    /// This service's view of the default token cache (token layers only).
+    token: Option<CacheHandle>,
 }
 
 impl<S> PropelAuth<S> {
     pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
-        Self { inner, shared }
+        let token = match &shared.auth {
+            Auth::Token(store) => Some(store.default_cache().handle()),
+            Auth::Basic(_) => None,
+        };
+        Self {
+            inner,
+            shared,
+            token,
+        }
     }
 
     /// The inner service.
@@ -80,8 +91,11 @@ impl<S> PropelAuth<S> {
                 ResponseFuture::calling(shared, future, None, Attempt::Basic)
             }
             Auth::Token(store) => {
-                let cache = store.cache_for(request.token_params());
-                match cache.cached() {
+                let cached = match (request.token_params(), self.token.as_mut()) {
+                    (None, Some(default)) => default.cached(),
+                    (params, _) => store.cache_for(params).cached(),
+                };
+                match cached {
                     Some((header, generation)) => {
                         let replay = if shared.replay_unauthorized {
                             request.try_clone().map(|copy| (copy, self.inner.clone()))
@@ -97,7 +111,7 @@ impl<S> PropelAuth<S> {
                         ResponseFuture::calling(shared, future, replay, attempt)
                     }
                     None => {
-                        let wait = cache.wait();
+                        let wait = store.cache_for(request.token_params()).wait();
                         // The future waits for the token and then calls the
                         // service that was made ready; leave a clone behind.
                         let clone = self.inner.clone();

@@ -146,6 +146,36 @@ impl Clone for Outcome {
     }
 }
 
+/// The hot path of one service: the cached token is held here and
+/// revalidated with one relaxed atomic load of the shared pointer (arc-swap's
+/// `Cache`), with no reference counting while the token is unchanged.
+#[derive(Clone, Debug)]
+pub(crate) struct CacheHandle {
+    cache: TokenCache,
+    current: arc_swap::Cache<Current, Option<Arc<CachedToken>>>,
+}
+
+impl CacheHandle {
+    /// Like [`TokenCache::cached`], without touching the shared count.
+    #[inline]
+    pub(crate) fn cached(&mut self) -> Option<(HeaderValue, u64)> {
+        let cached = Option::as_ref(self.current.load())?;
+        self.cache.use_token(cached)
+    }
+}
+
+/// Lets arc-swap's `Cache` reach the cache's current token.
+#[derive(Clone, Debug)]
+struct Current(TokenCache);
+
+impl std::ops::Deref for Current {
+    type Target = ArcSwapOption<CachedToken>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0.inner.current
+    }
+}
+
 /// What [`TokenCache::invalidate`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Invalidated {
@@ -178,16 +208,27 @@ impl TokenCache {
         }
     }
 
-    /// The hot path: the current token's header and generation, if there is a
-    /// token that is not stale. Starts a background refresh when one is due.
+    /// The current token's header and generation, if there is a token that
+    /// is not stale. Starts a background refresh when one is due.
     #[inline]
     pub(crate) fn cached(&self) -> Option<(HeaderValue, u64)> {
-        let guard = self.inner.current.load();
-        let cached = guard.as_ref()?;
+        self.use_token(self.inner.current.load().as_ref()?)
+    }
+
+    #[inline]
+    fn use_token(&self, cached: &CachedToken) -> Option<(HeaderValue, u64)> {
         if cached.refresh_due.load(Ordering::Relaxed) {
             self.refresh_ahead(cached);
         }
         Some((cached.header.clone(), cached.generation))
+    }
+
+    /// A handle for one service's hot path (see [`CacheHandle`]).
+    pub(crate) fn handle(&self) -> CacheHandle {
+        CacheHandle {
+            cache: self.clone(),
+            current: arc_swap::Cache::new(Current(self.clone())),
+        }
     }
 
     /// The current token, if any (for handing tokens out).

@@ -92,6 +92,11 @@ impl TokenStore {
         }
     }
 
+    /// The cache of requests without parameters of their own.
+    pub(crate) fn default_cache(&self) -> &TokenCache {
+        &self.default
+    }
+
     /// How many parameter sets have a cache of their own now.
     pub(crate) fn keyed_len(&self) -> usize {
         self.keyed.len.load(Ordering::Relaxed)
