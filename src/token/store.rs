@@ -10,7 +10,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -135,9 +135,7 @@ impl TokenStore {
 
 impl Keyed {
     fn shard(&self, params: &TokenParams) -> usize {
-        let mut hasher = self.hasher.build_hasher();
-        params.hash(&mut hasher);
-        hasher.finish() as usize & (SHARDS - 1)
+        self.hasher.hash_one(params) as usize & (SHARDS - 1)
     }
 
     fn get(&self, shard: usize, params: &TokenParams) -> Option<TokenCache> {
