@@ -78,8 +78,10 @@ struct GraphQlError {
 
 /// Parses GraphQL-style `{"errors":[{"message":…}]}`, RFC 6749
 /// `{"error":…,"error_description":…}`, `{"message":…}`, or plain text.
-/// Never fails: what cannot be understood becomes an excerpt.
-pub(crate) fn parse_error_body(bytes: &[u8]) -> ErrorBody {
+/// Never fails: what cannot be understood becomes an excerpt. `known`
+/// secrets are removed by value (see [`excerpt`]).
+pub(crate) fn parse_error_body(bytes: &[u8], known: &[&str]) -> ErrorBody {
+    let excerpt = |text: &str| excerpt(text, known);
     if let Ok(json) = serde_json::from_slice::<JsonError>(bytes) {
         let graphql = json.errors.map(|errors| {
             errors
@@ -118,8 +120,8 @@ pub(crate) fn parse_error_body(bytes: &[u8]) -> ErrorBody {
 }
 
 /// Classifies a 403 body: the scope it names, a policy problem, or neither.
-pub(crate) fn forbidden_from_body(bytes: &[u8]) -> Forbidden {
-    let message = parse_error_body(bytes).message.unwrap_or_default();
+pub(crate) fn forbidden_from_body(bytes: &[u8], known: &[&str]) -> Forbidden {
+    let message = parse_error_body(bytes, known).message.unwrap_or_default();
     let reason = classify_forbidden(&message);
     Forbidden::new(reason, message)
 }
@@ -166,9 +168,17 @@ fn quoted_before(text: &str) -> Option<&str> {
     (!word.is_empty() && word.len() < 64).then_some(word)
 }
 
-/// A short, single-line excerpt of outside text with anything that looks like
+/// A short, single-line excerpt of outside text with the `known` secrets
+/// (the Application secret, the current token) and anything that looks like
 /// a token or a secret replaced by `[redacted]`.
-pub(crate) fn excerpt(text: &str) -> String {
+pub(crate) fn excerpt(text: &str, known: &[&str]) -> String {
+    let mut scrubbed = std::borrow::Cow::Borrowed(text);
+    for secret in known.iter().filter(|secret| !secret.is_empty()) {
+        if scrubbed.contains(secret) {
+            scrubbed = std::borrow::Cow::Owned(scrubbed.replace(secret, "[redacted]"));
+        }
+    }
+    let text = scrubbed.as_ref();
     let mut out = String::new();
     let mut chars = 0;
     for word in text.split_whitespace() {
@@ -233,7 +243,7 @@ mod tests {
     #[test]
     fn propel_scope_message_names_the_scope() {
         let body = serde_json::json!({"errors": [{"message": PROPEL_403}]}).to_string();
-        let forbidden = forbidden_from_body(body.as_bytes());
+        let forbidden = forbidden_from_body(body.as_bytes(), &[]);
         assert_eq!(forbidden.missing_scope(), Some(&Scope::DataPoolQuery));
         assert!(forbidden
             .message()
@@ -246,20 +256,20 @@ mod tests {
         let rfc =
             br#"{"error":"insufficient_scope","error_description":"missing scope METRIC_QUERY"}"#;
         assert_eq!(
-            forbidden_from_body(rfc).missing_scope(),
+            forbidden_from_body(rfc, &[]).missing_scope(),
             Some(&Scope::MetricQuery)
         );
         let plain = b"lacks the 'admin' scope";
         assert_eq!(
-            forbidden_from_body(plain).missing_scope(),
+            forbidden_from_body(plain, &[]).missing_scope(),
             Some(&Scope::Admin)
         );
         let policy = br#"{"errors":[{"message":"no Data Pool Access Policy applies"}]}"#;
-        assert!(forbidden_from_body(policy).is_policy());
-        let empty = forbidden_from_body(b"");
+        assert!(forbidden_from_body(policy, &[]).is_policy());
+        let empty = forbidden_from_body(b"", &[]);
         assert_eq!(empty.reason(), &ForbiddenReason::Other);
         assert_eq!(empty.message(), "");
-        let binary = forbidden_from_body(&[0xff, 0xfe, 0x00, 0x80]);
+        let binary = forbidden_from_body(&[0xff, 0xfe, 0x00, 0x80], &[]);
         assert_eq!(binary.reason(), &ForbiddenReason::Other);
     }
 
@@ -271,10 +281,25 @@ mod tests {
             "bad token {jwt} and secret={secret} for APP01ABCDEFGHJKMNPQRSTVWXYZ01 {}",
             "x ".repeat(500)
         );
-        let out = excerpt(&text);
+        let out = excerpt(&text, &[]);
         assert!(!out.contains(jwt) && !out.contains(secret), "{out}");
         assert!(out.contains("APP01ABCDEFGHJKMNPQRSTVWXYZ01"));
         assert!(out.chars().count() <= EXCERPT_CHARS + 1, "{}", out.len());
+    }
+
+    #[test]
+    fn known_secrets_are_removed_whatever_their_shape() {
+        let out = excerpt(
+            "wrong secret hunter2-password for APP01",
+            &["hunter2-password"],
+        );
+        assert_eq!(out, "wrong secret [redacted] for APP01");
+        let body = br#"{"errors":[{"message":"token opaque-tok is revoked"}]}"#;
+        let parsed = parse_error_body(body, &["opaque-tok"]);
+        assert_eq!(
+            parsed.message.as_deref(),
+            Some("token [redacted] is revoked")
+        );
     }
 
     #[tokio::test]

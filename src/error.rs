@@ -70,6 +70,8 @@ impl Error {
     }
 }
 
+/// `Error` is transparent: it shows what it wraps and hands on that error's
+/// own cause, so an error chain (anyhow's `{:#}`, eyre) never repeats a line.
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -77,7 +79,7 @@ impl fmt::Display for Error {
             Error::Unauthorized(err) => err.fmt(f),
             Error::Token(err) => err.fmt(f),
             Error::InsecureTransport(err) => err.fmt(f),
-            Error::Service(err) => write!(f, "inner service failed: {err}"),
+            Error::Service(err) => err.fmt(f),
         }
     }
 }
@@ -85,11 +87,11 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Forbidden(err) => Some(err),
-            Error::Unauthorized(err) => Some(err),
-            Error::Token(err) => Some(err),
-            Error::InsecureTransport(err) => Some(err),
-            Error::Service(err) => Some(err.as_ref()),
+            Error::Forbidden(err) => err.source(),
+            Error::Unauthorized(err) => err.source(),
+            Error::Token(err) => err.source(),
+            Error::InsecureTransport(err) => err.source(),
+            Error::Service(err) => err.source(),
         }
     }
 }
@@ -204,7 +206,11 @@ impl Unauthorized {
         }
     }
 
-    /// Whether the request was sent a second time with a fresh token.
+    /// Whether the request was sent a second time with a fresh token. When it
+    /// was not, its body could not be replayed, retries are off
+    /// ([`TokenLayerBuilder::retry_unauthorized`](crate::TokenLayerBuilder::retry_unauthorized)),
+    /// the token cannot be renewed ([`PropelAuthLayer::bearer`](crate::PropelAuthLayer::bearer)),
+    /// or a token minted less than a cool-down ago was rejected too.
     pub fn retried(&self) -> bool {
         self.retried
     }
@@ -222,7 +228,9 @@ impl fmt::Display for Unauthorized {
         } else if self.retried {
             f.write_str("unauthorized: Propel rejected a freshly minted access token too")?;
         } else {
-            f.write_str("unauthorized: Propel rejected the access token and the request body could not be replayed with a new one")?;
+            // Not sent again: its body cannot be replayed, retries are off, the
+            // token cannot be renewed, or a token minted moments ago was rejected too.
+            f.write_str("unauthorized: Propel rejected the access token; the request was not sent again")?;
         }
         if !self.message.is_empty() {
             write!(f, " (Propel said: {})", self.message)?;
@@ -482,10 +490,10 @@ impl TokenError {
             }
             (TokenErrorKind::Rejected, _) => "check the token URL, the Application ID and its secret",
             (TokenErrorKind::RateLimited, _) | (TokenErrorKind::Server, _) => {
-                "the Token API is unavailable; it will be retried"
+                "the Token API is unavailable; try again after the cool-down (retry::TransientErrors does)"
             }
             (TokenErrorKind::Timeout, _) | (TokenErrorKind::Transport, _) => {
-                "check the network path to the Token API; it will be retried"
+                "check the network path to the Token API; try again after the cool-down (retry::TransientErrors does)"
             }
             (TokenErrorKind::InvalidResponse, _) => "check that the token URL points at Propel's Token API",
             (TokenErrorKind::Expired, _) => "mint a new token and build a new layer with it",
@@ -641,6 +649,17 @@ mod tests {
     use super::*;
 
     fn assert_send_sync_static<T: Send + Sync + 'static>() {}
+
+    #[test]
+    fn error_chains_never_repeat_a_line() {
+        use std::error::Error as _;
+        let err = Error::Forbidden(Forbidden::new(ForbiddenReason::Policy, "no policy".into()));
+        assert!(err.source().is_none(), "Display already says it all");
+        let inner: BoxError = "connection refused".into();
+        let err = Error::Service(inner);
+        assert_eq!(err.to_string(), "connection refused");
+        assert!(err.source().is_none());
+    }
 
     #[test]
     fn errors_are_send_sync_and_downcast_from_box_error() {

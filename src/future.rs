@@ -11,14 +11,15 @@ use futures_util::future::BoxFuture;
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, StatusCode};
 use pin_project_lite::pin_project;
+use secrecy::{ExposeSecret, SecretString};
 use tower::{BoxError, Service};
 
-use crate::body::{excerpt, forbidden_from_body, parse_error_body};
+use crate::body::{forbidden_from_body, parse_error_body};
 use crate::error::{Error, Unauthorized};
 use crate::layer::{Auth, Shared};
 use crate::request::{AuthRequest, AuthResponse};
 use crate::stats::Counters;
-use crate::token::cache::{Invalidated, TokenWait};
+use crate::token::cache::{Invalidated, TokenCache, TokenWait};
 
 pin_project! {
     /// The response future of [`PropelAuth`](crate::PropelAuth).
@@ -44,6 +45,7 @@ pin_project! {
             future: S::Future,
             replay: Option<Replay<S, Req>>,
             attempt: Attempt,
+            keyed: Option<TokenCache>,
         },
         // No valid token: waiting on the cache's single flight. `ready` says
         // whether `service` has been made ready (it has for a first attempt).
@@ -53,6 +55,7 @@ pin_project! {
             service: Option<S>,
             ready: bool,
             retry: bool,
+            keyed: Option<TokenCache>,
         },
         // A 401 retry: making the inner service ready before sending again.
         ReadyingRetry {
@@ -60,6 +63,7 @@ pin_project! {
             request: Option<Req>,
             header: HeaderValue,
             generation: u64,
+            keyed: Option<TokenCache>,
         },
         // A 401 or 403: reading (a capped part of) the body for the message.
         ReadingBody {
@@ -67,6 +71,8 @@ pin_project! {
             status: StatusCode,
             retried: bool,
             basic: bool,
+            // Secrets to remove from the server's message by value.
+            known: Vec<SecretString>,
         },
         Failed {
             error: Option<Error>,
@@ -97,46 +103,57 @@ impl<S, Req> ResponseFuture<S, Req>
 where
     S: Service<Req>,
 {
-    pub(crate) fn calling(
-        shared: Arc<Shared>,
-        future: S::Future,
-        replay: Option<(Req, S)>,
-        attempt: Attempt,
-    ) -> Self {
-        let replay = replay.map(|(request, service)| Replay { request, service });
-        Self {
-            state: State::Calling {
-                future,
-                replay,
-                attempt,
-            },
-            shared,
-        }
+    /// A request sent without a token: Basic credentials, or passed through.
+    pub(crate) fn calling(shared: Arc<Shared>, future: S::Future, attempt: Attempt) -> Self {
+        let state = State::Calling {
+            future,
+            replay: None,
+            attempt,
+            keyed: None,
+        };
+        Self { state, shared }
     }
 
+    /// Sends `request` with a cached token; `service` must be ready.
+    /// `keyed` is the cache of the request's own token parameters, if any.
+    pub(crate) fn with_token(
+        shared: Arc<Shared>,
+        service: &mut S,
+        request: Req,
+        header: HeaderValue,
+        generation: u64,
+        keyed: Option<TokenCache>,
+    ) -> Self
+    where
+        S: Clone,
+        Req: AuthRequest,
+    {
+        let state = send(&shared, service, request, header, generation, false, keyed);
+        Self { state, shared }
+    }
+
+    /// Waits for a token, then sends `request` on `service`, which is ready.
     pub(crate) fn awaiting_token(
         shared: Arc<Shared>,
         wait: TokenWait,
         request: Req,
         service: S,
+        keyed: Option<TokenCache>,
     ) -> Self {
-        Self {
-            state: State::AwaitingToken {
-                wait,
-                request: Some(request),
-                service: Some(service),
-                ready: true,
-                retry: false,
-            },
-            shared,
-        }
+        let state = State::AwaitingToken {
+            wait,
+            request: Some(request),
+            service: Some(service),
+            ready: true,
+            retry: false,
+            keyed,
+        };
+        Self { state, shared }
     }
 
     pub(crate) fn failed(shared: Arc<Shared>, error: Error) -> Self {
-        Self {
-            state: State::Failed { error: Some(error) },
-            shared,
-        }
+        let state = State::Failed { error: Some(error) };
+        Self { state, shared }
     }
 }
 
@@ -157,12 +174,12 @@ where
                     future,
                     replay,
                     attempt,
+                    keyed,
                 } => {
                     let response =
                         ready!(future.poll(cx)).map_err(|err| Error::Service(err.into()))?;
-                    let attempt = *attempt;
-                    let status = response.status();
-                    match (status, attempt) {
+                    let cache = token_cache(this.shared, keyed.as_ref());
+                    let next = match (response.status(), *attempt) {
                         (_, Attempt::PassThrough) => return Poll::Ready(Ok(response)),
                         (
                             StatusCode::UNAUTHORIZED,
@@ -171,27 +188,39 @@ where
                                 retried: false,
                             },
                         ) => {
-                            if let Some(Replay { request, service }) = replay.take() {
-                                if let Some(next) =
-                                    retry_after_401(this.shared, generation, request, service)
+                            let cache = cache.expect("token attempts have a cache");
+                            // Drop the rejected token whether or not this
+                            // request can go again: the next one needs a new token.
+                            let invalidated = cache.invalidate(generation);
+                            match replay.take() {
+                                Some(Replay { request, service })
+                                    if invalidated != Invalidated::Throttled =>
                                 {
-                                    this.state.set(next);
-                                    continue;
+                                    State::AwaitingToken {
+                                        // The next token: there already if a concurrent 401
+                                        // refreshed it, else the one single flight.
+                                        wait: cache.wait(),
+                                        request: Some(request),
+                                        service: Some(service),
+                                        ready: false,
+                                        retry: true,
+                                        keyed: keyed.take(),
+                                    }
                                 }
+                                _ => read_body(this.shared, Some(cache), response, false),
                             }
-                            this.state.set(read_body(response, false, false));
                         }
-                        (StatusCode::UNAUTHORIZED, Attempt::Token { retried: true, .. }) => {
-                            this.state.set(read_body(response, true, false));
+                        (StatusCode::UNAUTHORIZED, Attempt::Token { retried: true, .. })
+                        | (StatusCode::FORBIDDEN, Attempt::Token { .. }) => {
+                            let retried = response.status() == StatusCode::UNAUTHORIZED;
+                            read_body(this.shared, cache, response, retried)
                         }
-                        (StatusCode::UNAUTHORIZED, Attempt::Basic) => {
-                            this.state.set(read_body(response, false, true));
-                        }
-                        (StatusCode::FORBIDDEN, _) => {
-                            this.state.set(read_body(response, false, false))
+                        (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, Attempt::Basic) => {
+                            read_body(this.shared, None, response, false)
                         }
                         _ => return Poll::Ready(Ok(response)),
-                    }
+                    };
+                    this.state.set(next);
                 }
                 StateProj::AwaitingToken {
                     wait,
@@ -199,47 +228,59 @@ where
                     service,
                     ready,
                     retry,
+                    keyed,
                 } => {
                     let cached = match ready!(Pin::new(wait).poll(cx)) {
                         Ok(cached) => cached,
                         Err(err) => return Poll::Ready(Err(Error::Token(err))),
                     };
                     let request = request.take().expect("polled after completion");
-                    let service = service.take().expect("polled after completion");
-                    let generation = cached.generation;
-                    let header = cached.header.clone();
+                    let mut service = service.take().expect("polled after completion");
+                    let (header, generation) = (cached.header.clone(), cached.generation);
                     if *retry {
                         Counters::bump(&this.shared.counters.unauthorized_retries);
                     }
-                    if *ready {
-                        let next = send(this.shared, service, request, header, generation, *retry);
-                        this.state.set(next);
+                    let next = if *ready {
+                        send(
+                            this.shared,
+                            &mut service,
+                            request,
+                            header,
+                            generation,
+                            *retry,
+                            keyed.take(),
+                        )
                     } else {
-                        this.state.set(State::ReadyingRetry {
+                        State::ReadyingRetry {
                             service: Some(service),
                             request: Some(request),
                             header,
                             generation,
-                        });
-                    }
+                            keyed: keyed.take(),
+                        }
+                    };
+                    this.state.set(next);
                 }
                 StateProj::ReadyingRetry {
                     service,
                     request,
                     header,
                     generation,
+                    keyed,
                 } => {
-                    let svc = service.as_mut().expect("polled after completion");
-                    ready!(svc.poll_ready(cx)).map_err(|err| Error::Service(err.into()))?;
-                    let service = service.take().expect("polled after completion");
+                    let ready_service = service.as_mut().expect("polled after completion");
+                    ready!(ready_service.poll_ready(cx))
+                        .map_err(|err| Error::Service(err.into()))?;
+                    let mut service = service.take().expect("polled after completion");
                     let request = request.take().expect("polled after completion");
                     let next = send(
                         this.shared,
-                        service,
+                        &mut service,
                         request,
                         header.clone(),
                         *generation,
                         true,
+                        keyed.take(),
                     );
                     this.state.set(next);
                 }
@@ -248,20 +289,19 @@ where
                     status,
                     retried,
                     basic,
+                    known,
                 } => {
                     let body = ready!(future.as_mut().poll(cx));
+                    let known: Vec<&str> = known.iter().map(|s| s.expose_secret()).collect();
                     let counters = &this.shared.counters;
                     let error = if *status == StatusCode::FORBIDDEN {
                         Counters::bump(&counters.forbidden);
-                        let forbidden = forbidden_from_body(&body);
+                        let forbidden = forbidden_from_body(&body, &known);
                         tracing::warn!(scope = ?forbidden.missing_scope(), policy = forbidden.is_policy(), "Propel answered 403");
                         Error::Forbidden(forbidden)
                     } else {
                         Counters::bump(&counters.unauthorized);
-                        let message = parse_error_body(&body)
-                            .message
-                            .map(|m| excerpt(&m))
-                            .unwrap_or_default();
+                        let message = parse_error_body(&body, &known).message.unwrap_or_default();
                         tracing::warn!(retried = *retried, "Propel answered 401");
                         Error::Unauthorized(Unauthorized::new(message, *retried, *basic))
                     };
@@ -275,14 +315,17 @@ where
     }
 }
 
-/// Attaches the token's header and sends; `service` must be ready.
+/// Attaches the token's header and sends; `service` must be ready. Keeps a
+/// copy of the request to send again after a 401, unless this already is
+/// the retry.
 fn send<S, Req>(
-    shared: &Arc<Shared>,
-    mut service: S,
+    shared: &Shared,
+    service: &mut S,
     mut request: Req,
     header: HeaderValue,
     generation: u64,
     retried: bool,
+    keyed: Option<TokenCache>,
 ) -> State<S, Req>
 where
     S: Service<Req> + Clone,
@@ -304,50 +347,41 @@ where
             generation,
             retried,
         },
+        keyed,
     }
 }
 
-/// After a 401 with the token of `generation`: drop it (if still current) and
-/// go on with the next token, or `None` when there will be no new token.
-fn retry_after_401<S, Req>(
-    shared: &Arc<Shared>,
-    generation: u64,
-    request: Req,
-    service: S,
-) -> Option<State<S, Req>>
-where
-    S: Service<Req>,
-    Req: AuthRequest,
-{
-    let cache = match &shared.auth {
-        Auth::Token(store) => store.cache_for(request.token_params()),
-        Auth::Basic(_) => return None,
-    };
-    if cache.invalidate(generation) == Invalidated::Throttled {
-        return None;
+/// The cache a token attempt's token came from.
+fn token_cache<'a>(shared: &'a Shared, keyed: Option<&'a TokenCache>) -> Option<&'a TokenCache> {
+    match (&shared.auth, keyed) {
+        (_, Some(keyed)) => Some(keyed),
+        (Auth::Token(store), None) => Some(store.default_cache()),
+        (Auth::Basic(_), None) => None,
     }
-    // The next token: already there if a concurrent 401 refreshed it, else
-    // the single flight this invalidation (or another) started.
-    let wait = cache.wait();
-    Some(State::AwaitingToken {
-        wait,
-        request: Some(request),
-        service: Some(service),
-        ready: false,
-        retry: true,
-    })
 }
 
-fn read_body<S, Req>(response: S::Response, retried: bool, basic: bool) -> State<S, Req>
+/// Reads the body of a 401 or 403; the secret and the current token are
+/// removed from what the server says, whatever it echoes.
+fn read_body<S, Req>(
+    shared: &Shared,
+    cache: Option<&TokenCache>,
+    response: S::Response,
+    retried: bool,
+) -> State<S, Req>
 where
     S: Service<Req>,
     S::Response: AuthResponse,
 {
+    let mut known: Vec<SecretString> = shared.secret.iter().cloned().collect();
+    if let Some(current) = cache.and_then(TokenCache::current) {
+        known.push(current.token().secret().clone());
+    }
     State::ReadingBody {
         status: response.status(),
         future: response.read_body(),
         retried,
-        basic,
+        basic: matches!(shared.auth, Auth::Basic(_)),
+        known,
     }
 }
 

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Uri};
 use http_body::Body;
 use http_body_util::Full;
+use secrecy::SecretString;
 use tower::{BoxError, Layer, Service};
 
 use crate::error::{ConfigError, TokenError};
@@ -65,6 +66,8 @@ pub(crate) struct Shared {
     pub(crate) counters: Arc<Counters>,
     /// Keep a copy of replayable requests to send again after a 401.
     pub(crate) replay_unauthorized: bool,
+    /// The Application secret, to remove by value from error messages.
+    pub(crate) secret: Option<SecretString>,
 }
 
 pub(crate) enum Auth {
@@ -77,11 +80,8 @@ impl PropelAuthLayer {
     /// Server-side authentication: the Application ID and secret as HTTP Basic
     /// credentials on every request. The header is built once, here.
     pub fn basic(credentials: Credentials) -> Self {
-        Self::from_parts(
-            Auth::Basic(credentials.basic_header()),
-            Arc::default(),
-            true,
-        )
+        let secret = Some(credentials.secret().clone());
+        Self::from_parts(Auth::Basic(credentials.basic_header()), Arc::default(), secret)
     }
 
     /// Client-side authentication with tokens from Propel's Token API (the
@@ -126,16 +126,17 @@ impl PropelAuthLayer {
             Arc::clone(&counters),
             max_token_sets,
         );
-        Self::from_parts(Auth::Token(Arc::new(store)), counters, true)
+        Self::from_parts(Auth::Token(Arc::new(store)), counters, None)
     }
 
-    fn from_parts(auth: Auth, counters: Arc<Counters>, replay_unauthorized: bool) -> Self {
+    fn from_parts(auth: Auth, counters: Arc<Counters>, secret: Option<SecretString>) -> Self {
         Self {
             shared: Arc::new(Shared {
                 auth,
                 origins: AllowedOrigins::default_api(),
                 counters,
-                replay_unauthorized,
+                replay_unauthorized: true,
+                secret,
             }),
         }
     }
@@ -164,6 +165,7 @@ impl PropelAuthLayer {
                 origins: shared.origins.clone(),
                 counters: Arc::clone(&shared.counters),
                 replay_unauthorized: shared.replay_unauthorized,
+                secret: shared.secret.clone(),
             },
         };
         Self {
@@ -465,6 +467,7 @@ impl TokenLayerBuilder {
             ));
         }
         let origins = parse_origins(self.api_origins.iter().map(String::as_str))?;
+        let mut secret = None;
         let source: Arc<dyn TokenSource> = match self.origin {
             TokenOrigin::Source(source) if self.token_api_option_set => {
                 let _ = source;
@@ -475,7 +478,10 @@ impl TokenLayerBuilder {
             }
             TokenOrigin::Source(source) => source,
             TokenOrigin::ClientCredentials(credentials) => Arc::new(client_credentials_source(
-                credentials,
+                {
+                    secret = Some(credentials.secret().clone());
+                    credentials
+                },
                 &self.token_url,
                 self.client_auth,
                 self.http,
@@ -487,6 +493,7 @@ impl TokenLayerBuilder {
         Ok(layer.map_shared(|shared| Shared {
             origins,
             replay_unauthorized: replay,
+            secret,
             ..shared
         }))
     }

@@ -1,6 +1,7 @@
 //! [`PropelAuth`]: the service. `poll_ready` passes through; `call` attaches
 //! credentials.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -69,13 +70,13 @@ impl<S> PropelAuth<S> {
         if request.headers().contains_key(AUTHORIZATION) {
             // The caller chose its own credentials: not ours to touch.
             let future = self.inner.call(request);
-            return ResponseFuture::calling(shared, future, None, Attempt::PassThrough);
+            return ResponseFuture::calling(shared, future, Attempt::PassThrough);
         }
         match request.decide(&shared.origins) {
             Decision::Attach => {}
             Decision::PassThrough => {
                 let future = self.inner.call(request);
-                return ResponseFuture::calling(shared, future, None, Attempt::PassThrough);
+                return ResponseFuture::calling(shared, future, Attempt::PassThrough);
             }
             Decision::Insecure(origin) => {
                 return ResponseFuture::failed(
@@ -88,35 +89,39 @@ impl<S> PropelAuth<S> {
             Auth::Basic(header) => {
                 request.headers_mut().insert(AUTHORIZATION, header.clone());
                 let future = self.inner.call(request);
-                ResponseFuture::calling(shared, future, None, Attempt::Basic)
+                ResponseFuture::calling(shared, future, Attempt::Basic)
             }
             Auth::Token(store) => {
-                let cached = match (request.token_params(), self.token.as_mut()) {
+                // Requests with token parameters of their own use the cache
+                // for those; the rest use this service's handle on the default.
+                let keyed = match request.token_params() {
+                    None => None,
+                    Some(params) => match store.cache_for(Some(params)) {
+                        Cow::Owned(keyed) => Some(keyed),
+                        Cow::Borrowed(_) => None,
+                    },
+                };
+                let cached = match (&keyed, self.token.as_mut()) {
+                    (Some(keyed), _) => keyed.cached(),
                     (None, Some(default)) => default.cached(),
-                    (params, _) => store.cache_for(params).cached(),
+                    (None, None) => store.default_cache().cached(),
                 };
                 match cached {
-                    Some((header, generation)) => {
-                        let replay = if shared.replay_unauthorized {
-                            request.try_clone().map(|copy| (copy, self.inner.clone()))
-                        } else {
-                            None
-                        };
-                        request.headers_mut().insert(AUTHORIZATION, header);
-                        let future = self.inner.call(request);
-                        let attempt = Attempt::Token {
-                            generation,
-                            retried: false,
-                        };
-                        ResponseFuture::calling(shared, future, replay, attempt)
-                    }
+                    Some((header, generation)) => ResponseFuture::with_token(
+                        shared,
+                        &mut self.inner,
+                        request,
+                        header,
+                        generation,
+                        keyed,
+                    ),
                     None => {
-                        let wait = store.cache_for(request.token_params()).wait();
+                        let wait = keyed.as_ref().unwrap_or(store.default_cache()).wait();
                         // The future waits for the token and then calls the
                         // service that was made ready; leave a clone behind.
                         let clone = self.inner.clone();
                         let service = std::mem::replace(&mut self.inner, clone);
-                        ResponseFuture::awaiting_token(shared, wait, request, service)
+                        ResponseFuture::awaiting_token(shared, wait, request, service, keyed)
                     }
                 }
             }

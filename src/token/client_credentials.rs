@@ -49,6 +49,7 @@ impl TokenSource for ClientCredentials {
     ) -> BoxFuture<'static, Result<AccessToken, TokenError>> {
         let request = self.request(params);
         let http = self.http.clone();
+        let secret = self.credentials.secret().clone();
         let span = tracing::debug_span!(
             "propel.token_exchange",
             url = %self.token_url,
@@ -62,7 +63,7 @@ impl TokenSource for ClientCredentials {
                     .await
                     .map_err(|err| TokenError::with_source(TokenErrorKind::Transport, err))?;
                 tracing::Span::current().record("status", response.status.as_u16());
-                token_from_response(response)
+                token_from_response(response, &[secret.expose_secret()])
             }
             .instrument(span),
         )
@@ -122,7 +123,12 @@ struct TokenBody {
 }
 
 /// Turns a Token API answer into a token or a typed error.
-pub(crate) fn token_from_response(response: TokenHttpResponse) -> Result<AccessToken, TokenError> {
+/// `known` secrets are removed from any text of the answer an error keeps.
+pub(crate) fn token_from_response(
+    response: TokenHttpResponse,
+    known: &[&str],
+) -> Result<AccessToken, TokenError> {
+    let excerpt = |text: &str| excerpt(text, known);
     let TokenHttpResponse {
         status,
         headers,
@@ -172,7 +178,7 @@ pub(crate) fn token_from_response(response: TokenHttpResponse) -> Result<AccessT
         });
         return AccessToken::from_response(token, expires_in);
     }
-    let parsed = parse_error_body(&body.bytes);
+    let parsed = parse_error_body(&body.bytes, known);
     let kind = match status {
         StatusCode::TOO_MANY_REQUESTS => TokenErrorKind::RateLimited,
         s if s.is_client_error() => match parsed.code.as_deref() {
@@ -213,6 +219,10 @@ mod tests {
     use super::*;
     use crate::body::Capped;
 
+    fn token_from_response_(response: TokenHttpResponse) -> Result<AccessToken, TokenError> {
+        token_from_response(response, &[])
+    }
+
     fn answer(status: u16, body: &str) -> TokenHttpResponse {
         TokenHttpResponse {
             status: StatusCode::from_u16(status).unwrap(),
@@ -226,7 +236,7 @@ mod tests {
 
     #[test]
     fn a_good_answer_is_a_token() {
-        let token = token_from_response(answer(
+        let token = token_from_response_(answer(
             200,
             r#"{"access_token":"abc","expires_in":3600,"token_type":"bearer"}"#,
         ))
@@ -273,9 +283,19 @@ mod tests {
             (503, "", TokenErrorKind::Server),
         ];
         for (status, body, kind) in cases {
-            let err = token_from_response(answer(status, body)).unwrap_err();
+            let err = token_from_response_(answer(status, body)).unwrap_err();
             assert_eq!(err.kind(), kind, "{status} {body}");
         }
+    }
+
+    #[test]
+    fn the_secret_never_reaches_an_error_even_when_echoed() {
+        let echoed = answer(
+            400,
+            r#"{"error":"invalid_client","error_description":"bad secret s3cr3t!"}"#,
+        );
+        let err = token_from_response(echoed, &["s3cr3t!"]).unwrap_err();
+        assert!(!format!("{err} {err:?}").contains("s3cr3t!"), "{err}");
     }
 
     #[test]
@@ -284,7 +304,7 @@ mod tests {
         response
             .headers
             .insert(RETRY_AFTER, HeaderValue::from_static("7"));
-        let err = token_from_response(response).unwrap_err();
+        let err = token_from_response(response, &[]).unwrap_err();
         assert_eq!(err.retry_after(), Some(Duration::from_secs(7)));
         assert!(err.is_transient());
     }
