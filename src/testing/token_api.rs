@@ -350,7 +350,10 @@ fn form_decode(raw: &str) -> Option<String> {
 
 /// Mints a JWT for `grant`.
 fn issue(shared: &Shared, grant: Grant, lifetime: Duration) -> String {
-    let iat = jwt::unix_now();
+    // Claims are in whole seconds: round `iat` up so the token lives at least
+    // `lifetime` (the `expires_in` it is sent with), as a client assumes. A
+    // zero lifetime stays zero: the token is expired from the start.
+    let iat = jwt::unix_now() + u64::from(!lifetime.is_zero());
     let claims = Claims {
         sub: grant.application_id,
         iat,
