@@ -81,7 +81,11 @@ impl PropelAuthLayer {
     /// credentials on every request. The header is built once, here.
     pub fn basic(credentials: Credentials) -> Self {
         let secret = Some(credentials.secret().clone());
-        Self::from_parts(Auth::Basic(credentials.basic_header()), Arc::default(), secret)
+        Self::from_parts(
+            Auth::Basic(credentials.basic_header()),
+            Arc::default(),
+            secret,
+        )
     }
 
     /// Client-side authentication with tokens from Propel's Token API (the
@@ -544,5 +548,59 @@ impl fmt::Debug for TokenLayerBuilder {
             .field("params", &self.params)
             .field("policy", &self.policy)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_clone_send_sync<T: Clone + Send + Sync + 'static>() {}
+
+    #[test]
+    fn layer_and_service_are_clone_send_and_sync() {
+        assert_clone_send_sync::<PropelAuthLayer>();
+        assert_clone_send_sync::<
+            PropelAuth<
+                tower::util::BoxCloneSyncService<
+                    http::Request<String>,
+                    http::Response<String>,
+                    BoxError,
+                >,
+            >,
+        >();
+    }
+
+    #[test]
+    fn clones_share_one_cache_and_one_set_of_stats() {
+        let layer = PropelAuthLayer::basic(Credentials::new("APP", "secret").unwrap());
+        let clone = layer.clone();
+        assert!(Arc::ptr_eq(&layer.shared, &clone.shared));
+        let service: PropelAuth<()> = clone.layer(());
+        assert!(Arc::ptr_eq(&layer.shared, &service.shared()));
+    }
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let layer = PropelAuthLayer::basic(Credentials::new("APP", "SENTINEL-SECRET").unwrap());
+        let builder = PropelAuthLayer::client_credentials(
+            Credentials::new("APP", "SENTINEL-SECRET").unwrap(),
+        );
+        let text = format!("{layer:?} {builder:?} {:?}", layer.layer(()));
+        assert!(!text.contains("SENTINEL"), "{text}");
+    }
+
+    #[test]
+    fn a_token_url_over_plain_http_to_another_host_is_refused() {
+        let credentials = Credentials::new("APP", "secret").unwrap();
+        let err = PropelAuthLayer::client_credentials(credentials.clone())
+            .token_url("http://auth.example.com/oauth2/token")
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("plain http"), "{err}");
+        assert!(PropelAuthLayer::client_credentials(credentials)
+            .token_url("http://127.0.0.1:9/oauth2/token")
+            .build()
+            .is_ok());
     }
 }

@@ -8,23 +8,31 @@
 //! and refreshed by one shared refresher: concurrent requests wait on a single
 //! token request, and no request waits while the cached token is good.
 //!
-//! ```no_run
+//! ```
 //! use tower::{ServiceBuilder, ServiceExt};
-//! use tower_propel_auth::{Credentials, PropelAuthLayer};
+//! use tower_propel_auth::{Credentials, FakePropel, PropelAuthLayer};
 //!
-//! # async fn run() -> Result<(), tower::BoxError> {
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower::BoxError> {
+//! // A Propel-compatible server on loopback (feature `test-util`); with a real
+//! // account, use `Credentials::from_env()?` and leave out the two URLs.
+//! let propel = FakePropel::start().await;
+//! let credentials = Credentials::new(propel.application_id(), propel.application_secret())?;
+//!
+//! let auth = PropelAuthLayer::client_credentials(credentials)
+//!     .token_url(propel.token_url())
+//!     .api_url(propel.api_url())
+//!     .build()?;
 //! let client = ServiceBuilder::new()
 //!     .timeout(std::time::Duration::from_secs(30))
-//!     .layer(PropelAuthLayer::client_credentials(Credentials::from_env()?).build()?)
+//!     .layer(auth.clone())
 //!     .service(reqwest::Client::new());
 //!
-//! let mut request = reqwest::Request::new(
-//!     reqwest::Method::POST,
-//!     "https://api.us-east-2.propeldata.com/graphql".parse()?,
-//! );
+//! let mut request = reqwest::Request::new(reqwest::Method::POST, propel.api_url().parse()?);
 //! *request.body_mut() = Some(r#"{"query":"{ sqlV1(input: {query: \"SELECT 1\"}) { rows } }"}"#.into());
 //! let response = client.oneshot(request).await?;
-//! println!("{}", response.text().await?);
+//! assert!(response.status().is_success());
+//! assert_eq!(auth.stats().token_requests, 1);
 //! # Ok(()) }
 //! ```
 //!
@@ -77,6 +85,9 @@ mod token;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;
+
+#[cfg(test)]
+mod proptests;
 
 pub use credentials::{Credentials, CLIENT_ID_VAR, CLIENT_SECRET_VAR};
 pub use error::{

@@ -61,6 +61,11 @@ impl<S> PropelAuth<S> {
         self.inner
     }
 
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
+    }
+
     fn start<Req>(&mut self, mut request: Req) -> ResponseFuture<S, Req>
     where
         S: Service<Req> + Clone,
