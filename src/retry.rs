@@ -43,20 +43,33 @@ use crate::request::AuthRequest;
 use crate::Error;
 
 /// Retries transient errors with jittered exponential backoff, at most
-/// `max_retries` times per request.
-#[derive(Debug, Clone)]
+/// `max_retries` times per request, and never sooner than a `Retry-After`
+/// the Token API sent (up to a minute).
+///
+/// tower's `Retry` clones the policy for every request; each clone starts a
+/// backoff of its own with a fresh random seed, so requests that failed
+/// together do not retry in step.
+#[derive(Debug)]
 pub struct TransientErrors {
     retries_left: usize,
-    backoff: ExponentialBackoff,
+    min: Duration,
+    max: Duration,
+    /// Made at the first retry of a request.
+    backoff: Option<ExponentialBackoff>,
 }
 
+/// The most a `Retry-After` delays a retry.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
 impl TransientErrors {
-    /// At most `max_retries` retries, waiting 100 ms, 200 ms, 400 ms … (at
-    /// most 10 s) plus up to 100% jitter.
+    /// At most `max_retries` retries, waiting 500 ms, 1 s, 2 s … (at most
+    /// 10 s) plus up to 100% jitter. The second retry always comes after the
+    /// layer's default 1 s cool-down, during which a failed token request is
+    /// not asked again.
     pub fn new(max_retries: usize) -> Self {
         Self::with_backoff(
             max_retries,
-            Duration::from_millis(100),
+            Duration::from_millis(500),
             Duration::from_secs(10),
         )
         .expect("the default backoff is valid")
@@ -69,21 +82,55 @@ impl TransientErrors {
         min: Duration,
         max: Duration,
     ) -> Result<Self, crate::ConfigError> {
-        let mut maker = ExponentialBackoffMaker::new(min, max, 1.0, HasherRng::default())
-            .map_err(|err| crate::ConfigError::invalid("the retry backoff", format!("{err:?}")))?;
+        make_backoff(min, max)?;
         Ok(Self {
             retries_left: max_retries,
-            backoff: maker.make_backoff(),
+            min,
+            max,
+            backoff: None,
         })
     }
 
-    fn next(&mut self, transient: bool) -> Option<Pin<Box<tokio::time::Sleep>>> {
+    fn next(
+        &mut self,
+        transient: bool,
+        retry_after: Option<Duration>,
+    ) -> Option<Pin<Box<tokio::time::Sleep>>> {
         if !transient || self.retries_left == 0 {
             return None;
         }
         self.retries_left -= 1;
-        Some(Box::pin(self.backoff.next_backoff()))
+        let backoff = self.backoff.get_or_insert_with(|| {
+            make_backoff(self.min, self.max).expect("checked when the policy was made")
+        });
+        let mut sleep = Box::pin(backoff.next_backoff());
+        if let Some(after) = retry_after {
+            let not_before = tokio::time::Instant::now() + after.min(MAX_RETRY_AFTER);
+            if sleep.deadline() < not_before {
+                sleep.as_mut().reset(not_before);
+            }
+        }
+        Some(sleep)
     }
+}
+
+impl Clone for TransientErrors {
+    /// A fresh policy for another request: the same limits, a new backoff.
+    fn clone(&self) -> Self {
+        Self {
+            retries_left: self.retries_left,
+            min: self.min,
+            max: self.max,
+            backoff: None,
+        }
+    }
+}
+
+/// A backoff with up to 100% jitter and a fresh random seed.
+fn make_backoff(min: Duration, max: Duration) -> Result<ExponentialBackoff, crate::ConfigError> {
+    let mut maker = ExponentialBackoffMaker::new(min, max, 1.0, HasherRng::default())
+        .map_err(|err| crate::ConfigError::invalid("the retry backoff", format!("{err:?}")))?;
+    Ok(maker.make_backoff())
 }
 
 /// Whether a boxed error (from a stack of tower layers) is worth retrying:
@@ -122,8 +169,10 @@ impl<Req: RetryRequest, Res> Policy<Req, Res, Error> for TransientErrors {
         _request: &mut Req,
         result: &mut Result<Res, Error>,
     ) -> Option<Self::Future> {
-        let transient = matches!(result, Err(err) if err.is_transient());
-        self.next(transient)
+        match result {
+            Err(err) => self.next(err.is_transient(), err.retry_after()),
+            Ok(_) => None,
+        }
     }
 
     fn clone_request(&mut self, request: &Req) -> Option<Req> {
@@ -139,11 +188,71 @@ impl<Req: RetryRequest, Res> Policy<Req, Res, BoxError> for TransientErrors {
         _request: &mut Req,
         result: &mut Result<Res, BoxError>,
     ) -> Option<Self::Future> {
-        let transient = matches!(result, Err(err) if is_transient(err));
-        self.next(transient)
+        match result {
+            Err(err) => {
+                let retry_after = err.downcast_ref::<Error>().and_then(Error::retry_after);
+                self.next(is_transient(err), retry_after)
+            }
+            Ok(_) => None,
+        }
     }
 
     fn clone_request(&mut self, request: &Req) -> Option<Req> {
         request.try_clone_request()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn first_delay(policy: &TransientErrors, err: Error) -> Duration {
+        let mut policy = policy.clone();
+        let mut request = http::Request::new(String::new());
+        let mut result: Result<(), Error> = Err(err);
+        let sleep =
+            Policy::<_, (), Error>::retry(&mut policy, &mut request, &mut result).expect("retried");
+        sleep.deadline() - tokio::time::Instant::now()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_request_backs_off_with_its_own_jitter() {
+        let policy = TransientErrors::new(3);
+        let delays: std::collections::HashSet<Duration> = (0..8)
+            .map(|_| first_delay(&policy, Error::Service("reset".into())))
+            .collect();
+        assert!(delays.len() > 1, "every clone waited the same: {delays:?}");
+        for delay in delays {
+            assert!(
+                delay >= Duration::from_millis(500) && delay <= Duration::from_secs(1),
+                "{delay:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_is_honoured() {
+        let mut response = http::Response::new(bytes::Bytes::new());
+        *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        response.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("7"),
+        );
+        let err = crate::token::client_credentials::token_error_for_test(response);
+        let delay = first_delay(&TransientErrors::new(3), Error::Token(err));
+        assert_eq!(delay, Duration::from_secs(7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_needs_a_change_of_configuration_is_never_retried() {
+        let mut policy = TransientErrors::new(3);
+        let mut request = http::Request::new(String::new());
+        let forbidden = crate::body::forbidden_from_body(b"lacks the admin scope", &[]);
+        let mut result: Result<(), Error> = Err(Error::Forbidden(forbidden));
+        assert!(Policy::<_, (), Error>::retry(&mut policy, &mut request, &mut result).is_none());
+        let mut result: Result<(), Error> = Err(Error::Token(crate::TokenError::new(
+            crate::TokenErrorKind::InvalidClient,
+        )));
+        assert!(Policy::<_, (), Error>::retry(&mut policy, &mut request, &mut result).is_none());
     }
 }

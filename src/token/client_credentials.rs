@@ -201,6 +201,21 @@ pub(crate) fn token_from_response(
     ))
 }
 
+/// A Token API error from an answer, for other modules' tests.
+#[cfg(test)]
+pub(crate) fn token_error_for_test(answer: http::Response<Bytes>) -> TokenError {
+    let (parts, bytes) = answer.into_parts();
+    let response = TokenHttpResponse {
+        status: parts.status,
+        headers: parts.headers,
+        body: crate::body::Capped {
+            bytes,
+            truncated: false,
+        },
+    };
+    token_from_response(response, &[]).expect_err("not a success")
+}
+
 /// `Retry-After` in seconds (the HTTP-date form is not honoured: it needs a
 /// clock the server shares, and the backoff covers it).
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {

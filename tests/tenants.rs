@@ -1,0 +1,170 @@
+//! Multi-tenant tokens end to end over FakePropel: a request carrying
+//! `TokenParams` in its extensions gets a token minted for exactly those
+//! policy values, one token request per tenant, and a back end can hand such
+//! a token to a front end.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::join_all;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use secrecy::ExposeSecret as _;
+use serde_json::Value;
+use tower::{Layer, ServiceBuilder, ServiceExt};
+use tower_propel_auth::{
+    AccessToken, Credentials, Error, FakePropel, PropelAuthLayer, TokenParams,
+};
+
+use support::{expect_err, graphql, hyper_client, json, start, token_layer_with, DATA_POOL_QUERY};
+
+/// An Application without `admin`: with `require_tenant_policy` on, its
+/// queries need a token minted with a `tenant_id`.
+fn tenanted_application(fake: &FakePropel) -> Credentials {
+    fake.add_application(
+        "APP01TENANTED",
+        "tenanted-secret",
+        &["data_pool:query", "metric:query"],
+    );
+    Credentials::new("APP01TENANTED", "tenanted-secret").unwrap()
+}
+
+/// A Data Pool query for `tenant`'s data.
+fn query_for(fake: &FakePropel, tenant: &str) -> Request<Full<Bytes>> {
+    let mut request = graphql(&fake.api_url(), DATA_POOL_QUERY);
+    request.extensions_mut().insert(TokenParams::tenant(tenant));
+    request
+}
+
+/// The tenant FakePropel saw in the token, from its `sqlV1` row and from its
+/// `extensions.policyValues`; the two must agree.
+fn tenant_seen(body: &Value) -> Value {
+    let from_row = body["data"]["sqlV1"]["rows"][0][0].clone();
+    let from_policy = body["extensions"]["policyValues"]["tenant_id"].clone();
+    assert_eq!(from_row, from_policy, "{body}");
+    from_row
+}
+
+#[tokio::test]
+async fn twenty_tenants_times_twenty_concurrent_requests_make_twenty_token_requests() {
+    let fake = start().await;
+    fake.require_tenant_policy(true);
+    let layer = token_layer_with(&fake, tenanted_application(&fake))
+        .build()
+        .unwrap();
+    // The buffer lets all 400 through the auth layer at once; the limit keeps
+    // the sockets below the open-file limit.
+    let client = ServiceBuilder::new()
+        .layer(layer.clone())
+        .buffer(400)
+        .concurrency_limit(50)
+        .service(hyper_client());
+
+    let tenants: Vec<String> = (0..20).map(|n| format!("tenant-{n:02}")).collect();
+    let requests = tenants
+        .iter()
+        .flat_map(|tenant| std::iter::repeat_n(tenant.clone(), 20));
+    let answers = join_all(requests.map(|tenant| {
+        let client = client.clone();
+        let fake = &fake;
+        async move {
+            let response = client
+                .oneshot(query_for(fake, &tenant))
+                .await
+                .expect("a response");
+            assert_eq!(response.status(), StatusCode::OK, "for {tenant}");
+            (tenant, json(response).await)
+        }
+    }))
+    .await;
+
+    assert_eq!(answers.len(), 400);
+    for (tenant, body) in &answers {
+        assert_eq!(tenant_seen(body), Value::from(tenant.as_str()));
+    }
+    assert_eq!(fake.stats().token_requests, 20, "one token per tenant");
+    assert_eq!(fake.stats().tokens_issued, 20);
+    assert_eq!(fake.stats().api_ok, 400);
+    assert_eq!(layer.stats().token_requests, 20);
+    assert_eq!(layer.stats().token_sets, 20);
+}
+
+#[tokio::test]
+async fn a_tenant_policy_needs_the_tenant_in_the_token() {
+    let fake = start().await;
+    fake.require_tenant_policy(true);
+    let layer = token_layer_with(&fake, tenanted_application(&fake))
+        .build()
+        .unwrap();
+    let service = layer.layer(hyper_client());
+
+    // With a tenant in the request: a token naming it, and the data.
+    let response = service
+        .clone()
+        .oneshot(query_for(&fake, "acme"))
+        .await
+        .expect("a 200 for a tenant");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(tenant_seen(&json(response).await), "acme");
+
+    // Without one: the layer's default token, which names no tenant, is a
+    // typed 403 about the policy.
+    let err = expect_err(
+        service
+            .oneshot(graphql(&fake.api_url(), DATA_POOL_QUERY))
+            .await,
+    );
+    let Error::Forbidden(forbidden) = &err else {
+        panic!("expected Forbidden, got {err:?}");
+    };
+    assert!(forbidden.is_policy(), "{err}");
+    assert!(forbidden.hint().contains("policy"), "{}", forbidden.hint());
+    assert_eq!(
+        fake.stats().token_requests,
+        2,
+        "one token per parameter set"
+    );
+    assert_eq!(fake.stats().api_forbidden, 1);
+}
+
+#[tokio::test]
+async fn a_tenant_token_handed_to_a_front_end_works_as_a_bearer_token_for_that_tenant() {
+    let fake = start().await;
+    fake.require_tenant_policy(true);
+    // The back end: client credentials, never sent to the front end.
+    let back_end = token_layer_with(&fake, tenanted_application(&fake))
+        .build()
+        .unwrap();
+    let acme = TokenParams::tenant("acme");
+    let token = back_end
+        .access_token(Some(&acme))
+        .await
+        .expect("a token for acme");
+    assert!(token.expires_in() > Duration::from_secs(3000), "{token:?}");
+
+    // Asked again: the cached token, not a second token request.
+    let again = back_end.access_token(Some(&acme)).await.unwrap();
+    assert_eq!(
+        again.secret().expose_secret(),
+        token.secret().expose_secret()
+    );
+    assert_eq!(fake.stats().token_requests, 1);
+
+    // The front end: only the JWT text, as it came over the wire.
+    let received = AccessToken::from_jwt(token.secret().expose_secret()).expect("a JWT with exp");
+    let front_end = PropelAuthLayer::bearer(received)
+        .with_api_url(&fake.api_url())
+        .unwrap();
+    let response = front_end
+        .layer(hyper_client())
+        .oneshot(graphql(&fake.api_url(), DATA_POOL_QUERY))
+        .await
+        .expect("the bearer token is accepted");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = json(response).await;
+    assert_eq!(tenant_seen(&body), "acme");
+    assert_eq!(body["extensions"]["auth"], "bearer");
+    assert_eq!(fake.stats().token_requests, 1, "the front end minted none");
+}
