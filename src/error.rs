@@ -230,7 +230,9 @@ impl fmt::Display for Unauthorized {
         } else {
             // Not sent again: its body cannot be replayed, retries are off, the
             // token cannot be renewed, or a token minted moments ago was rejected too.
-            f.write_str("unauthorized: Propel rejected the access token; the request was not sent again")?;
+            f.write_str(
+                "unauthorized: Propel rejected the access token; the request was not sent again",
+            )?;
         }
         if !self.message.is_empty() {
             write!(f, " (Propel said: {})", self.message)?;
