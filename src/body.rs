@@ -112,6 +112,13 @@ pub(crate) fn parse_error_body(bytes: &[u8], known: &[&str]) -> ErrorBody {
         };
     }
     let text = String::from_utf8_lossy(bytes);
+    // JSON cut short by the size cap no longer parses: read it as text, but
+    // without its escapes, so `\"admin\"` still reads as a quoted word.
+    let text = if text.trim_start().starts_with(['{', '[']) {
+        std::borrow::Cow::Owned(text.replace("\\\"", "\"").replace("\\\\", "\\"))
+    } else {
+        text
+    };
     let message = excerpt(&text);
     ErrorBody {
         code: None,

@@ -189,6 +189,9 @@ pub(crate) fn token_from_response(
             Some("unauthorized_client") => TokenErrorKind::UnauthorizedClient,
             _ => TokenErrorKind::Rejected,
         },
+        // A redirect is not followed (it would carry the secret elsewhere):
+        // most likely a wrong token URL, which waiting will not fix.
+        s if s.is_redirection() => TokenErrorKind::Rejected,
         _ => TokenErrorKind::Server,
     };
     Err(TokenError::build(
@@ -295,6 +298,7 @@ mod tests {
             ),
             (400, "<html>bad</html>", TokenErrorKind::Rejected),
             (429, "", TokenErrorKind::RateLimited),
+            (307, "", TokenErrorKind::Rejected),
             (503, "", TokenErrorKind::Server),
         ];
         for (status, body, kind) in cases {
