@@ -40,27 +40,28 @@ pin_project! {
         S: Service<Req>,
     {
         // The request is out; on a 401 `replay` (if any) goes out again.
+        // Parked requests are boxed to keep this future small: it is moved
+        // on every request, and most requests never need them.
         Calling {
             #[pin]
             future: S::Future,
-            replay: Option<Replay<S, Req>>,
+            replay: Option<Box<Parked<S, Req>>>,
             attempt: Attempt,
             keyed: Option<TokenCache>,
         },
         // No valid token: waiting on the cache's single flight. `ready` says
-        // whether `service` has been made ready (it has for a first attempt).
+        // whether the parked service has been made ready (it has for a first
+        // attempt, not for a 401 retry).
         AwaitingToken {
             wait: TokenWait,
-            request: Option<Req>,
-            service: Option<S>,
+            parked: Option<Box<Parked<S, Req>>>,
             ready: bool,
             retry: bool,
             keyed: Option<TokenCache>,
         },
         // A 401 retry: making the inner service ready before sending again.
         ReadyingRetry {
-            service: Option<S>,
-            request: Option<Req>,
+            parked: Option<Box<Parked<S, Req>>>,
             header: HeaderValue,
             generation: u64,
             keyed: Option<TokenCache>,
@@ -80,8 +81,9 @@ pin_project! {
     }
 }
 
-/// A copy of the request and a clone of the service, to send again after a 401.
-pub(crate) struct Replay<S, Req> {
+/// A request and the service to send it on, set aside: a copy to send again
+/// after a 401, or a request waiting for its token.
+pub(crate) struct Parked<S, Req> {
     request: Req,
     service: S,
 }
@@ -142,8 +144,7 @@ where
     ) -> Self {
         let state = State::AwaitingToken {
             wait,
-            request: Some(request),
-            service: Some(service),
+            parked: Some(Box::new(Parked { request, service })),
             ready: true,
             retry: false,
             keyed,
@@ -193,15 +194,12 @@ where
                             // request can go again: the next one needs a new token.
                             let invalidated = cache.invalidate(generation);
                             match replay.take() {
-                                Some(Replay { request, service })
-                                    if invalidated != Invalidated::Throttled =>
-                                {
+                                Some(parked) if invalidated != Invalidated::Throttled => {
                                     State::AwaitingToken {
-                                        // The next token: there already if a concurrent 401
-                                        // refreshed it, else the one single flight.
+                                        // The next token: there already if a concurrent
+                                        // 401 refreshed it, else the one single flight.
                                         wait: cache.wait(),
-                                        request: Some(request),
-                                        service: Some(service),
+                                        parked: Some(parked),
                                         ready: false,
                                         retry: true,
                                         keyed: keyed.take(),
@@ -224,8 +222,7 @@ where
                 }
                 StateProj::AwaitingToken {
                     wait,
-                    request,
-                    service,
+                    parked,
                     ready,
                     retry,
                     keyed,
@@ -234,13 +231,15 @@ where
                         Ok(cached) => cached,
                         Err(err) => return Poll::Ready(Err(Error::Token(err))),
                     };
-                    let request = request.take().expect("polled after completion");
-                    let mut service = service.take().expect("polled after completion");
                     let (header, generation) = (cached.header.clone(), cached.generation);
                     if *retry {
                         Counters::bump(&this.shared.counters.unauthorized_retries);
                     }
                     let next = if *ready {
+                        let Parked {
+                            request,
+                            mut service,
+                        } = *parked.take().expect("polled after completion");
                         send(
                             this.shared,
                             &mut service,
@@ -252,8 +251,7 @@ where
                         )
                     } else {
                         State::ReadyingRetry {
-                            service: Some(service),
-                            request: Some(request),
+                            parked: parked.take(),
                             header,
                             generation,
                             keyed: keyed.take(),
@@ -262,17 +260,18 @@ where
                     this.state.set(next);
                 }
                 StateProj::ReadyingRetry {
-                    service,
-                    request,
+                    parked,
                     header,
                     generation,
                     keyed,
                 } => {
-                    let ready_service = service.as_mut().expect("polled after completion");
-                    ready!(ready_service.poll_ready(cx))
+                    let waiting = parked.as_mut().expect("polled after completion");
+                    ready!(waiting.service.poll_ready(cx))
                         .map_err(|err| Error::Service(err.into()))?;
-                    let mut service = service.take().expect("polled after completion");
-                    let request = request.take().expect("polled after completion");
+                    let Parked {
+                        request,
+                        mut service,
+                    } = *parked.take().expect("polled after completion");
                     let next = send(
                         this.shared,
                         &mut service,
@@ -334,9 +333,11 @@ where
     let replay = if retried || !shared.replay_unauthorized {
         None
     } else {
-        request.try_clone().map(|copy| Replay {
-            request: copy,
-            service: service.clone(),
+        request.try_clone().map(|copy| {
+            Box::new(Parked {
+                request: copy,
+                service: service.clone(),
+            })
         })
     };
     request.headers_mut().insert(AUTHORIZATION, header);

@@ -89,17 +89,54 @@ pub(crate) enum Decision {
 #[derive(Debug, Clone)]
 pub(crate) struct AllowedOrigins {
     origins: Vec<Origin>,
+    /// `(https, authority)` pairs a request's URI can be compared with as
+    /// they are (`host` and `host:port`), for origins that get credentials.
+    authorities: Vec<(bool, String)>,
 }
 
 impl AllowedOrigins {
     pub(crate) fn new(origins: Vec<Origin>) -> Self {
-        Self { origins }
+        let mut authorities = Vec::new();
+        for origin in origins.iter().filter(|origin| !origin.is_insecure()) {
+            let host = if origin.host.contains(':') {
+                format!("[{}]", origin.host) // IPv6
+            } else {
+                origin.host.clone()
+            };
+            if origin.port == if origin.https { 443 } else { 80 } {
+                authorities.push((origin.https, host.clone()));
+            }
+            authorities.push((origin.https, format!("{host}:{}", origin.port)));
+        }
+        Self {
+            origins,
+            authorities,
+        }
     }
 
     pub(crate) fn default_api() -> Self {
         Self::new(vec![
             Origin::parse(DEFAULT_API_URL, "the API URL").expect("the default API URL parses")
         ])
+    }
+
+    /// Decides for a request URI: a comparison of its scheme and authority as
+    /// they are when it is an allowed origin (the usual case), else the full
+    /// check.
+    #[inline]
+    pub(crate) fn decide_uri(&self, uri: &http::Uri) -> Decision {
+        if let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) {
+            let https = *scheme == http::uri::Scheme::HTTPS;
+            let authority = authority.as_str();
+            let allowed = self.authorities.iter().any(|(allowed_https, allowed)| {
+                *allowed_https == https
+                    && (allowed == authority || allowed.eq_ignore_ascii_case(authority))
+            });
+            if allowed {
+                return Decision::Attach;
+            }
+        }
+        self.decide(uri.scheme_str(), uri.host(), uri.port_u16())
     }
 
     /// Decides for a request to `scheme://host:port`. A request without a

@@ -33,8 +33,7 @@ pub(crate) trait AuthResponse: Sized {
 impl<B: 'static> AuthRequest for http::Request<B> {
     #[inline]
     fn decide(&self, origins: &AllowedOrigins) -> Decision {
-        let uri = self.uri();
-        origins.decide(uri.scheme_str(), uri.host(), uri.port_u16())
+        origins.decide_uri(self.uri())
     }
 
     #[inline]

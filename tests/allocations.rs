@@ -242,13 +242,15 @@ fn a_cached_token_request_allocates_no_more_than_add_authorization() {
 /// With the 401 replay on (the default), the cached-token path keeps a copy
 /// of the request to send again after a 401. For this request (a static URI,
 /// a `Full<Bytes>` body from a static slice, one `content-type` header, no
-/// extensions) the copy costs exactly what cloning its `HeaderMap` costs: the
-/// index table and the entries vector. The URI, body and header values are
-/// static `Bytes`, so cloning them allocates nothing.
-const REPLAY_COPY_ALLOCATIONS: u64 = 2;
+/// extensions) the copy costs what cloning its `HeaderMap` costs (the index
+/// table and the entries vector) plus the box that parks the copy outside the
+/// response future (which keeps the future small for every request). The
+/// URI, body and header values are static `Bytes`, so cloning them allocates
+/// nothing.
+const REPLAY_COPY_ALLOCATIONS: u64 = 3;
 
 #[test]
-fn the_401_replay_copy_costs_exactly_the_header_map_clone() {
+fn the_401_replay_copy_costs_the_header_map_clone_and_one_box() {
     let floor = floor();
     let replaying = allocations_per_request(cached_layer(true).layer(inner()));
     assert_eq!(
@@ -257,8 +259,8 @@ fn the_401_replay_copy_costs_exactly_the_header_map_clone() {
         "cached-token path with replay: {replaying} allocations, AddAuthorization: {floor}"
     );
 
-    // An empty, never-allocated header map clones for free, and so does the
-    // whole copy (the `Authorization` insert allocates the map for both).
+    // An empty, never-allocated header map clones for free: the copy costs
+    // only its box (the `Authorization` insert allocates the map for both).
     let floor = allocations_per(
         AddAuthorizationLayer::bearer(TOKEN)
             .as_sensitive(true)
@@ -267,7 +269,8 @@ fn the_401_replay_copy_costs_exactly_the_header_map_clone() {
     );
     let replaying = allocations_per(cached_layer(true).layer(inner()), request_without_headers);
     assert_eq!(
-        replaying, floor,
+        replaying,
+        floor + 1,
         "a request without headers, with replay: {replaying} allocations, AddAuthorization: {floor}"
     );
 }

@@ -353,7 +353,16 @@ impl CacheInner {
             )
             .instrument(span.clone())
             .await
-            .unwrap_or_else(|_| Err(TokenError::new(TokenErrorKind::Timeout)));
+            .unwrap_or_else(|_| Err(TokenError::new(TokenErrorKind::Timeout)))
+            .and_then(|token| {
+                // Publishing it would only make the next request fetch again.
+                match token.is_expired() {
+                    true => Err(TokenError::invalid_response(
+                        "the token source returned a token that has already expired",
+                    )),
+                    false => Ok(token),
+                }
+            });
             match fetched {
                 Ok(token) => {
                     span.record("outcome", "ok");
@@ -409,10 +418,10 @@ impl CacheInner {
     /// Puts a fresh token in place and works out its deadlines.
     fn publish(&self, token: AccessToken) -> Arc<CachedToken> {
         let now = Instant::now();
-        let lifetime = token
-            .expires_at()
-            .saturating_duration_since(now)
-            .max(super::access_token::MIN_LIFETIME);
+        // The real lifetime, however short: a token is never used past its
+        // expiry. (Token API answers are clamped to at least a second when
+        // parsed; a custom source's short tokens are taken as they are.)
+        let lifetime = token.expires_at().saturating_duration_since(now);
         let margin = self.policy.safety_margin.min(lifetime / 4);
         let usable = lifetime - margin;
         let fraction = self.policy.refresh_fraction - self.policy.jitter * random_unit();

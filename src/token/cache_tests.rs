@@ -379,3 +379,43 @@ async fn a_401_during_background_backoff_retries_at_once_instead_of_waiting_it_o
         started.elapsed()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn short_lived_tokens_are_never_used_past_their_expiry() {
+    let source = ScriptedSource::tokens(Duration::from_millis(1), Duration::from_millis(200));
+    let layer = layer(&source);
+    let service = layer.layer_over(Api::default());
+    // 2 s of requests every 10 ms: each token serves at most its 200 ms.
+    let mut last = String::new();
+    let mut since = tokio::time::Instant::now();
+    for _ in 0..200 {
+        let header = send(&service).await.unwrap();
+        if header != last {
+            last = header;
+            since = tokio::time::Instant::now();
+        }
+        assert!(
+            since.elapsed() < Duration::from_millis(200),
+            "{last} used for {:?}",
+            since.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(source.calls() >= 10, "{} tokens in 2 s", source.calls());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_source_handing_out_expired_tokens_cannot_cause_a_refresh_storm() {
+    let source = ScriptedSource::tokens(Duration::ZERO, Duration::ZERO);
+    let layer = layer(&source);
+    let service = layer.layer_over(Api::default());
+    for _ in 0..100 {
+        match send(&service).await {
+            Err(Error::Token(err)) => assert_eq!(err.kind(), TokenErrorKind::InvalidResponse),
+            other => panic!("expected a token error, got {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // 1 s of requests, a 1 s cool-down after each failure.
+    assert!(source.calls() <= 2, "{} token requests", source.calls());
+}
