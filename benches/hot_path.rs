@@ -230,15 +230,32 @@ where
 // The variants, shared with the contention bench.
 
 /// The variants of every table, in order; `bare` first.
-pub const VARIANTS: [&str; 7] = [
+pub const VARIANTS: [&str; 9] = [
     "bare",
     "add_authorization",
     "propel_basic",
     "propel_cached",
     "propel_cached_no_replay",
+    "tenant_tag_only",
+    "propel_keyed_no_replay",
     "hand_tokio_mutex",
     "hand_std_rwlock",
 ];
+
+/// What a multi-tenant caller does to every request: tag it with its
+/// tenant's token parameters (this clones them and fills the request's
+/// extensions, so it allocates). `tenant_tag_only` is this over the bare
+/// service, so `propel_keyed_no_replay` minus it is the keyed lookup.
+fn tag_tenant<S>(service: S) -> tower::util::MapRequest<S, impl FnMut(Req) -> Req + Clone>
+where
+    S: Service<Req>,
+{
+    let params = TokenParams::tenant("acme");
+    tower::util::MapRequest::new(service, move |mut request: Req| {
+        request.extensions_mut().insert(params.clone());
+        request
+    })
+}
 
 /// Receives each variant's service, built and warmed up.
 pub trait Variants {
@@ -283,6 +300,13 @@ pub fn for_each_variant(rt: &Runtime, visit: &mut impl Variants) {
         "propel_cached_no_replay",
         warmed(rt, no_replay.layer(inner())),
     );
+    visit.variant("tenant_tag_only", warmed(rt, tag_tenant(inner())));
+    let keyed = cached_layer(false);
+    visit.variant(
+        "propel_keyed_no_replay",
+        warmed(rt, tag_tenant(keyed.layer(inner()))),
+    );
+    assert_eq!(keyed.stats().token_sets, 1, "the tenant's cache is warm");
     visit.variant(
         "hand_tokio_mutex",
         warmed(rt, UserAuth::new(inner(), TokioMutexCache::default())),

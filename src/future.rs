@@ -106,6 +106,7 @@ where
     S: Service<Req>,
 {
     /// A request sent without a token: Basic credentials, or passed through.
+    #[inline]
     pub(crate) fn calling(shared: Arc<Shared>, future: S::Future, attempt: Attempt) -> Self {
         let state = State::Calling {
             future,
@@ -118,6 +119,7 @@ where
 
     /// Sends `request` with a cached token; `service` must be ready.
     /// `keyed` is the cache of the request's own token parameters, if any.
+    #[inline]
     pub(crate) fn with_token(
         shared: Arc<Shared>,
         service: &mut S,
@@ -179,7 +181,6 @@ where
                 } => {
                     let response =
                         ready!(future.poll(cx)).map_err(|err| Error::Service(err.into()))?;
-                    let cache = token_cache(this.shared, keyed.as_ref());
                     let next = match (response.status(), *attempt) {
                         (_, Attempt::PassThrough) => return Poll::Ready(Ok(response)),
                         (
@@ -189,7 +190,8 @@ where
                                 retried: false,
                             },
                         ) => {
-                            let cache = cache.expect("token attempts have a cache");
+                            let cache = token_cache(this.shared, keyed.as_ref())
+                                .expect("token attempts have a cache");
                             // Drop the rejected token whether or not this
                             // request can go again: the next one needs a new token.
                             let invalidated = cache.invalidate(generation);
@@ -211,6 +213,7 @@ where
                         (StatusCode::UNAUTHORIZED, Attempt::Token { retried: true, .. })
                         | (StatusCode::FORBIDDEN, Attempt::Token { .. }) => {
                             let retried = response.status() == StatusCode::UNAUTHORIZED;
+                            let cache = token_cache(this.shared, keyed.as_ref());
                             read_body(this.shared, cache, response, retried)
                         }
                         (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, Attempt::Basic) => {
@@ -317,6 +320,7 @@ where
 /// Attaches the token's header and sends; `service` must be ready. Keeps a
 /// copy of the request to send again after a 401, unless this already is
 /// the retry.
+#[inline]
 fn send<S, Req>(
     shared: &Shared,
     service: &mut S,

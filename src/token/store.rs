@@ -10,7 +10,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -34,8 +34,12 @@ pub(crate) struct TokenStore {
     counters: Arc<Counters>,
 }
 
+/// A shard: entries by the hash of their parameters (hashed once per
+/// request, with a random key), each bucket almost always of one entry.
+type Shard = HashMap<u64, Vec<Entry>, BuildHasherDefault<Prehashed>>;
+
 struct Keyed {
-    shards: Box<[RwLock<HashMap<TokenParams, Entry>>]>,
+    shards: Box<[RwLock<Shard>]>,
     hasher: std::collections::hash_map::RandomState,
     /// Serializes inserts and evictions, so the bound is never exceeded.
     insert: Mutex<()>,
@@ -46,8 +50,31 @@ struct Keyed {
 }
 
 struct Entry {
+    params: TokenParams,
     cache: TokenCache,
     last_used: AtomicU64,
+}
+
+/// Hashes the `u64` keys of a [`Shard`] to themselves: they already are
+/// hashes of the parameters, made with a random key.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed here; fold anything else all the same.
+        for byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
+        }
+    }
+
+    fn write_u64(&mut self, hash: u64) {
+        self.0 = hash;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 impl TokenStore {
@@ -103,12 +130,12 @@ impl TokenStore {
     }
 
     fn keyed_cache(&self, params: &TokenParams) -> TokenCache {
-        let shard = self.keyed.shard(params);
-        if let Some(cache) = self.keyed.get(shard, params) {
+        let hash = self.keyed.hasher.hash_one(params);
+        if let Some(cache) = self.keyed.get(hash, params) {
             return cache;
         }
         let _insert = lock(&self.keyed.insert);
-        if let Some(cache) = self.keyed.get(shard, params) {
+        if let Some(cache) = self.keyed.get(hash, params) {
             return cache; // another request inserted it meanwhile
         }
         if self.keyed.len.load(Ordering::Relaxed) >= self.keyed.max {
@@ -121,26 +148,32 @@ impl TokenStore {
             Arc::clone(&self.counters),
         );
         let epoch = self.keyed.epoch.fetch_add(1, Ordering::Relaxed) + 1;
-        write(&self.keyed.shards[shard]).insert(
-            params.clone(),
-            Entry {
+        write(self.keyed.shard(hash))
+            .entry(hash)
+            .or_default()
+            .push(Entry {
+                params: params.clone(),
                 cache: cache.clone(),
                 last_used: AtomicU64::new(epoch),
-            },
-        );
+            });
         self.keyed.len.fetch_add(1, Ordering::Relaxed);
         cache
     }
 }
 
 impl Keyed {
-    fn shard(&self, params: &TokenParams) -> usize {
-        self.hasher.hash_one(params) as usize & (SHARDS - 1)
+    fn shard(&self, hash: u64) -> &RwLock<Shard> {
+        // Bits the shard's own table does not use: its low bits pick buckets
+        // and its top seven tag them.
+        &self.shards[(hash >> 32) as usize & (SHARDS - 1)]
     }
 
-    fn get(&self, shard: usize, params: &TokenParams) -> Option<TokenCache> {
-        let map = read(&self.shards[shard]);
-        let entry = map.get(params)?;
+    fn get(&self, hash: u64, params: &TokenParams) -> Option<TokenCache> {
+        let shard = read(self.shard(hash));
+        let entry = shard
+            .get(&hash)?
+            .iter()
+            .find(|entry| entry.params == *params)?;
         let epoch = self.epoch.load(Ordering::Relaxed);
         if entry.last_used.load(Ordering::Relaxed) != epoch {
             entry.last_used.store(epoch, Ordering::Relaxed);
@@ -151,24 +184,33 @@ impl Keyed {
     /// Removes one entry: one without a valid token if there is one, else the
     /// least recently used. Called with the insert lock held.
     fn evict_one(&self) {
-        let mut victim: Option<(usize, TokenParams, (bool, u64))> = None;
-        for (index, shard) in self.shards.iter().enumerate() {
-            for (params, entry) in read(shard).iter() {
+        let mut victim: Option<(u64, TokenParams, (bool, u64))> = None;
+        for shard in self.shards.iter() {
+            for (hash, entry) in read(shard)
+                .iter()
+                .flat_map(|(hash, bucket)| bucket.iter().map(move |entry| (*hash, entry)))
+            {
                 // Sort key: entries with a token after those without, then by age.
                 let key = (
                     entry.cache.current().is_some(),
                     entry.last_used.load(Ordering::Relaxed),
                 );
                 if victim.as_ref().is_none_or(|(_, _, best)| key < *best) {
-                    victim = Some((index, params.clone(), key));
+                    victim = Some((hash, entry.params.clone(), key));
                 }
             }
         }
-        if let Some((index, params, _)) = victim {
-            if write(&self.shards[index]).remove(&params).is_some() {
-                self.len.fetch_sub(1, Ordering::Relaxed);
-                tracing::debug!(?params, "evicted a token cache to stay within the bound");
+        let Some((hash, params, _)) = victim else {
+            return;
+        };
+        let mut shard = write(self.shard(hash));
+        if let Some(bucket) = shard.get_mut(&hash) {
+            bucket.retain(|entry| entry.params != params);
+            if bucket.is_empty() {
+                shard.remove(&hash);
             }
+            self.len.fetch_sub(1, Ordering::Relaxed);
+            tracing::debug!(?params, "evicted a token cache to stay within the bound");
         }
     }
 }
