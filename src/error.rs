@@ -51,8 +51,8 @@ impl Error {
     /// Whether trying the same request again later may succeed: a Token API
     /// outage, rate limit or timeout, or an error of the inner service
     /// (connection failures and the like). Never true for a 403, a 401, a
-    /// Token API 4xx or insecure transport: those need a change of
-    /// configuration, not patience.
+    /// Token API 4xx other than 429, or insecure transport: those need a
+    /// change of configuration, not patience.
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Token(err) => err.is_transient(),
@@ -237,9 +237,11 @@ impl fmt::Display for Unauthorized {
         if !self.message.is_empty() {
             write!(f, " (Propel said: {})", self.message)?;
         }
-        f.write_str(
-            "; check that the Application exists in this account and that its secret is current",
-        )
+        f.write_str(if self.basic {
+            "; check that the Application exists in this account and that its secret is current"
+        } else {
+            "; the token may have been revoked or its Application deleted; check the token's source"
+        })
     }
 }
 
@@ -355,6 +357,8 @@ struct TokenErrorInner {
     field: Option<TokenRequestField>,
     retry_after: Option<Duration>,
     source: Option<BoxError>,
+    /// For [`TokenErrorKind::Source`]: whether the source said trying again may help.
+    transient_source: bool,
 }
 
 impl TokenError {
@@ -380,6 +384,7 @@ impl TokenError {
                 field,
                 retry_after,
                 source,
+                transient_source: false,
             }),
         }
     }
@@ -390,12 +395,18 @@ impl TokenError {
     /// [`is_transient`](Self::is_transient) and so background retries).
     /// Keep secrets out of `source`: it is shown by `Display` chains.
     pub fn from_source(source: impl Into<BoxError>, transient: bool) -> Self {
-        let kind = if transient {
-            TokenErrorKind::Transport
-        } else {
-            TokenErrorKind::Source
-        };
-        Self::build(kind, None, None, None, None, Some(source.into()))
+        let mut err = Self::build(
+            TokenErrorKind::Source,
+            None,
+            None,
+            None,
+            None,
+            Some(source.into()),
+        );
+        Arc::get_mut(&mut err.inner)
+            .expect("not shared yet")
+            .transient_source = transient;
+        err
     }
 
     pub(crate) fn with_source(kind: TokenErrorKind, source: impl Into<BoxError>) -> Self {
@@ -455,16 +466,18 @@ impl TokenError {
         self.inner.retry_after
     }
 
-    /// Whether a later attempt may succeed: 429, 5xx, timeouts and transport
-    /// errors. A 4xx is a configuration problem and is never retried.
+    /// Whether a later attempt may succeed: 429, 5xx, timeouts, transport
+    /// errors, and a custom source's errors it marked transient. Any other
+    /// 4xx is a configuration problem and is never retried.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self.inner.kind,
+        match self.inner.kind {
             TokenErrorKind::RateLimited
-                | TokenErrorKind::Server
-                | TokenErrorKind::Timeout
-                | TokenErrorKind::Transport
-        )
+            | TokenErrorKind::Server
+            | TokenErrorKind::Timeout
+            | TokenErrorKind::Transport => true,
+            TokenErrorKind::Source => self.inner.transient_source,
+            _ => false,
+        }
     }
 
     /// The fix Propel's docs suggest.

@@ -300,6 +300,13 @@ impl TokenCache {
 }
 
 impl CacheInner {
+    fn is_current(&self, cached: &Arc<CachedToken>) -> bool {
+        self.current
+            .load()
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, cached))
+    }
+
     fn lock_slow(&self) -> MutexGuard<'_, Slow> {
         // The slow state stays consistent even if a holder panicked.
         self.slow
@@ -310,21 +317,16 @@ impl CacheInner {
     /// Spawns the one fetch task and records it as in flight.
     fn start_flight(self: &Arc<Self>, slow: &mut Slow) -> Result<Flight, TokenError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            TokenError::with_source(
-                TokenErrorKind::Transport,
-                "a token fetch needs a tokio runtime, and none is running on this thread",
+            TokenError::from_source(
+                "a token fetch needs a tokio runtime (with its timer enabled), and none is running on this thread",
+                false,
             )
         })?;
         let (tx, rx) = oneshot::channel();
         runtime.spawn(Arc::clone(self).run_flight(tx));
         let flight = async move {
-            rx.await.unwrap_or_else(|_| {
-                // The task died with its runtime: do not leave anyone waiting.
-                Outcome(Err(TokenError::with_source(
-                    TokenErrorKind::Transport,
-                    "the token fetch was abandoned (its runtime shut down)",
-                )))
-            })
+            // The task ended without an answer: do not leave anyone waiting.
+            rx.await.unwrap_or_else(|_| Outcome(Err(abandoned())))
         }
         .boxed()
         .shared();
@@ -335,8 +337,28 @@ impl CacheInner {
     /// The fetch task: attempts (and background retries), then publishing,
     /// then acting on the new token's deadlines.
     async fn run_flight(self: Arc<Self>, tx: oneshot::Sender<Outcome>) {
+        // Should this task end early (a token source that panics, a runtime
+        // shutting down), the guard still ends the flight, with an error
+        // and a cool-down: nobody waits for it, and the next requests do not
+        // spawn fetch after fetch.
+        let guard = EndsFlight(Some(Arc::clone(&self)));
+        let result = self.fetch().await;
+        guard.disarm();
+        self.end_flight(&result);
+        let published = result.as_ref().ok().cloned();
+        let _ = tx.send(Outcome(result));
+        if let Some(cached) = published {
+            let weak = Arc::downgrade(&self);
+            drop(self);
+            watch_deadlines(weak, cached).await;
+        }
+    }
+
+    /// Token requests until one succeeds, or fails in a way (or at a time)
+    /// that background retries cannot help.
+    async fn fetch(&self) -> Result<Arc<CachedToken>, TokenError> {
         let mut attempt: u32 = 0;
-        let result = loop {
+        loop {
             attempt += 1;
             let background = self.current.load().is_some();
             Counters::bump(&self.counters.token_requests);
@@ -354,78 +376,88 @@ impl CacheInner {
             .instrument(span.clone())
             .await
             .unwrap_or_else(|_| Err(TokenError::new(TokenErrorKind::Timeout)))
-            .and_then(|token| {
-                // Publishing it would only make the next request fetch again.
-                match token.is_expired() {
-                    true => Err(TokenError::invalid_response(
-                        "the token source returned a token that has already expired",
-                    )),
-                    false => Ok(token),
-                }
-            });
+            .and_then(|token| self.deadlines(token));
             match fetched {
-                Ok(token) => {
+                Ok((token, deadlines)) => {
                     span.record("outcome", "ok");
                     tracing::info!(parent: &span, elapsed_ms = started.elapsed().as_millis() as u64, lifetime_s = token.lifetime().as_secs(), "fetched a Propel access token");
-                    break Ok(self.publish(token));
+                    return Ok(self.publish(token, deadlines));
                 }
                 Err(err) => {
                     span.record("outcome", "error");
                     Counters::bump(&self.counters.token_failures);
                     let mut waiter_arrived = std::pin::pin!(self.waiter_arrived.notified());
                     waiter_arrived.as_mut().enable();
-                    if let Some(delay) = self.background_retry_delay(attempt, &err) {
-                        tracing::warn!(parent: &span, error = %err, retry_in_ms = delay.as_millis() as u64, "background token refresh failed; the current token stays in use");
-                        // Sleep, unless the token is dropped (a 401) and
-                        // requests start waiting: then retry at once.
-                        let sleep = std::pin::pin!(tokio::time::sleep(delay));
-                        futures_util::future::select(sleep, waiter_arrived).await;
-                        continue;
-                    }
-                    tracing::warn!(parent: &span, error = %err, "token request failed");
-                    break Err(err);
+                    let Some(delay) = self.background_retry_delay(attempt, &err) else {
+                        tracing::warn!(parent: &span, error = %err, "token request failed");
+                        return Err(err);
+                    };
+                    tracing::warn!(parent: &span, error = %err, retry_in_ms = delay.as_millis() as u64, "background token refresh failed; the current token stays in use");
+                    // Sleep, unless the token is dropped (a 401) and
+                    // requests start waiting: then retry at once.
+                    let sleep = std::pin::pin!(tokio::time::sleep(delay));
+                    futures_util::future::select(sleep, waiter_arrived).await;
                 }
             }
-        };
-        {
-            let mut slow = self.lock_slow();
-            slow.flight = None;
-            match &result {
-                Ok(_) => slow.failure = None,
-                Err(err) if self.current.load().is_none() => {
-                    let wait = err
-                        .retry_after()
-                        .map_or(Duration::ZERO, |after| after.min(MAX_RETRY_AFTER));
-                    let cooldown = self.policy.cooldown.max(wait);
-                    tracing::warn!(cooldown_ms = cooldown.as_millis() as u64, "no valid access token; requests fail fast with this error during the cool-down");
-                    slow.failure = Some(Failure {
-                        error: err.share(),
-                        until: Instant::now() + cooldown,
-                    });
-                }
-                Err(_) => {}
-            }
-        }
-        let published = result.as_ref().ok().cloned();
-        let _ = tx.send(Outcome(result));
-        if let Some(cached) = published {
-            let weak = Arc::downgrade(&self);
-            drop(self);
-            watch_deadlines(weak, cached).await;
         }
     }
 
-    /// Puts a fresh token in place and works out its deadlines.
-    fn publish(&self, token: AccessToken) -> Arc<CachedToken> {
+    /// Clears the flight; after a failure with no valid token, starts the
+    /// cool-down during which requests get this error at once.
+    fn end_flight(&self, result: &Result<Arc<CachedToken>, TokenError>) {
+        let mut slow = self.lock_slow();
+        slow.flight = None;
+        match result {
+            Ok(_) => slow.failure = None,
+            Err(err) if self.current.load().is_none() => {
+                let wait = err
+                    .retry_after()
+                    .map_or(Duration::ZERO, |after| after.min(MAX_RETRY_AFTER));
+                let cooldown = self.policy.cooldown.max(wait);
+                tracing::warn!(cooldown_ms = cooldown.as_millis() as u64, "no valid access token; requests fail fast with this error during the cool-down");
+                slow.failure = Some(Failure {
+                    error: err.share(),
+                    until: Instant::now() + cooldown,
+                });
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// When a fresh token is due for refresh and when it goes stale: a
+    /// safety margin (at most a quarter of its lifetime) before it expires.
+    /// A token already inside that margin is refused: publishing it would
+    /// only send the next request to fetch again.
+    fn deadlines(&self, token: AccessToken) -> Result<(AccessToken, Deadlines), TokenError> {
         let now = Instant::now();
-        // The real lifetime, however short: a token is never used past its
-        // expiry. (Token API answers are clamped to at least a second when
-        // parsed; a custom source's short tokens are taken as they are.)
-        let lifetime = token.expires_at().saturating_duration_since(now);
-        let margin = self.policy.safety_margin.min(lifetime / 4);
-        let usable = lifetime - margin;
+        let margin = self.policy.safety_margin.min(token.lifetime() / 4);
+        let stale_at = token
+            .expires_at()
+            .checked_sub(margin)
+            .filter(|at| *at > now);
+        let Some(stale_at) = stale_at else {
+            return Err(TokenError::build(
+                TokenErrorKind::Expired,
+                None,
+                None,
+                Some("the token expires within the safety margin".into()),
+                None,
+                None,
+            ));
+        };
         let fraction = self.policy.refresh_fraction - self.policy.jitter * random_unit();
-        let refresh_at = now + usable.mul_f64(fraction.clamp(0.05, 1.0));
+        let refresh_at = now + (stale_at - now).mul_f64(fraction.clamp(0.05, 1.0));
+        Ok((
+            token,
+            Deadlines {
+                refresh_at,
+                stale_at,
+            },
+        ))
+    }
+
+    /// Puts a fresh token in place.
+    fn publish(&self, token: AccessToken, deadlines: Deadlines) -> Arc<CachedToken> {
         let generation = {
             let mut slow = self.lock_slow();
             slow.generation += 1;
@@ -436,8 +468,8 @@ impl CacheInner {
             generation,
             token,
             refresh_due: AtomicBool::new(false),
-            refresh_at,
-            stale_at: now + usable,
+            refresh_at: deadlines.refresh_at,
+            stale_at: deadlines.stale_at,
         });
         self.current.store(Some(Arc::clone(&cached)));
         cached
@@ -466,14 +498,13 @@ impl CacheInner {
 
 /// Raises the token's refresh flag when it is due, and removes it when it goes
 /// stale, unless it has been replaced meanwhile. Holds the cache weakly: a
-/// dropped layer ends this task at its next wake-up.
+/// dropped layer ends this task at its next wake-up. Should the task be
+/// dropped first (its runtime shut down), the token goes with it: without
+/// this timer nothing would ever mark it stale.
 async fn watch_deadlines(cache: Weak<CacheInner>, cached: Arc<CachedToken>) {
-    let is_current = |inner: &CacheInner| {
-        inner
-            .current
-            .load()
-            .as_ref()
-            .is_some_and(|c| Arc::ptr_eq(c, &cached))
+    let _stale_on_drop = StaleOnDrop {
+        cache: cache.clone(),
+        cached: Arc::clone(&cached),
     };
     if cache
         .upgrade()
@@ -481,17 +512,68 @@ async fn watch_deadlines(cache: Weak<CacheInner>, cached: Arc<CachedToken>) {
     {
         tokio::time::sleep_until(cached.refresh_at).await;
         match cache.upgrade() {
-            Some(inner) if is_current(&inner) => cached.refresh_due.store(true, Ordering::Release),
+            Some(inner) if inner.is_current(&cached) => {
+                cached.refresh_due.store(true, Ordering::Release)
+            }
             _ => return,
         }
     }
     tokio::time::sleep_until(cached.stale_at).await;
-    if let Some(inner) = cache.upgrade() {
-        if is_current(&inner) {
-            inner.current.compare_and_swap(&cached, None);
-            tracing::debug!("access token went stale before a refresh landed");
+    // `_stale_on_drop` removes the token now.
+}
+
+/// Removes a token from its cache, if it is still the current one, when
+/// dropped: at its stale time, or when its timer dies.
+struct StaleOnDrop {
+    cache: Weak<CacheInner>,
+    cached: Arc<CachedToken>,
+}
+
+impl Drop for StaleOnDrop {
+    fn drop(&mut self) {
+        if let Some(inner) = self.cache.upgrade() {
+            let previous = inner.current.compare_and_swap(&self.cached, None);
+            if previous
+                .as_ref()
+                .is_some_and(|p| Arc::ptr_eq(p, &self.cached))
+            {
+                tracing::debug!("access token went stale before a refresh landed");
+            }
         }
     }
+}
+
+/// Ends a flight whose task stopped before it could (see `run_flight`).
+struct EndsFlight(Option<Arc<CacheInner>>);
+
+impl EndsFlight {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for EndsFlight {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.take() {
+            tracing::error!("a token fetch ended without an answer");
+            inner.end_flight(&Err(abandoned()));
+        }
+    }
+}
+
+/// The error of a fetch whose task ended without an answer.
+fn abandoned() -> TokenError {
+    TokenError::from_source(
+        "the token fetch ended without an answer: the token source panicked, or the runtime shut down",
+        false,
+    )
+}
+
+/// When a token is due for refresh, and when it goes stale.
+#[derive(Debug, Clone, Copy)]
+struct Deadlines {
+    refresh_at: Instant,
+    stale_at: Instant,
 }
 
 /// A number in `[0, 1)`, different on every call; enough for jitter.

@@ -411,11 +411,62 @@ async fn a_source_handing_out_expired_tokens_cannot_cause_a_refresh_storm() {
     let service = layer.layer_over(Api::default());
     for _ in 0..100 {
         match send(&service).await {
-            Err(Error::Token(err)) => assert_eq!(err.kind(), TokenErrorKind::InvalidResponse),
+            Err(Error::Token(err)) => assert_eq!(err.kind(), TokenErrorKind::Expired),
             other => panic!("expected a token error, got {other:?}"),
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // 1 s of requests, a 1 s cool-down after each failure.
     assert!(source.calls() <= 2, "{} token requests", source.calls());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_source_that_panics_fails_its_waiters_and_cools_down() {
+    let source =
+        ScriptedSource::new(Duration::from_millis(10), Step::Token(HOUR)).then(Step::Panic);
+    let layer = layer(&source);
+    let service = layer.layer_over(Api::default());
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move { send(&service).await })
+        })
+        .collect();
+    for task in tasks {
+        match task.await.unwrap() {
+            Err(Error::Token(err)) => {
+                assert_eq!(err.kind(), TokenErrorKind::Source);
+                assert!(!err.is_transient());
+            }
+            other => panic!("expected a token error, got {other:?}"),
+        }
+    }
+    // The cool-down holds: no fetch after fetch.
+    assert!(matches!(send(&service).await, Err(Error::Token(_))));
+    assert_eq!(source.calls(), 1);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(send(&service).await.unwrap(), "Bearer token2");
+}
+
+#[test]
+fn a_token_whose_runtime_is_gone_is_not_used_again() {
+    let source = ScriptedSource::tokens(Duration::ZERO, HOUR);
+    let layer = layer(&source);
+    let service = layer.layer_over(Api::default());
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+
+    let first = runtime();
+    assert_eq!(first.block_on(send(&service)).unwrap(), "Bearer token1");
+    // Its timer lived on that runtime: with it gone, nothing would mark the
+    // token stale, so it must not stay in use.
+    drop(first);
+
+    let second = runtime();
+    assert_eq!(second.block_on(send(&service)).unwrap(), "Bearer token2");
+    assert_eq!(source.calls(), 2);
 }

@@ -28,6 +28,7 @@ pub(crate) enum Step {
     Token(Duration),
     Fail(TokenErrorKind),
     Hang,
+    Panic,
 }
 
 #[derive(Clone, Debug)]
@@ -107,6 +108,7 @@ impl TokenSource for ScriptedSource {
                 },
                 Step::Fail(kind) => Err(TokenError::new(kind)),
                 Step::Hang => std::future::pending().await,
+                Step::Panic => panic!("a token source bug"),
             }
         })
     }
