@@ -13,6 +13,11 @@ use crate::Scope;
 /// The most of a Token API answer or an error body this crate reads.
 pub(crate) const BODY_LIMIT: usize = 64 * 1024;
 
+/// The longest the layer reads the body of a 401 or 403 for its message: a
+/// server that stalls mid-body must not hang the request (a `tower::timeout`
+/// outside the layer bounds only the wait for the response head).
+pub(crate) const ERROR_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The most of a server's message an error keeps.
 const EXCERPT_CHARS: usize = 300;
 

@@ -374,7 +374,7 @@ impl TokenError {
         retry_after: Option<Duration>,
         source: Option<BoxError>,
     ) -> Self {
-        let field = guess_field(kind, oauth_error.as_deref(), description.as_deref());
+        let field = guess_field(kind, description.as_deref());
         Self {
             inner: Arc::new(TokenErrorInner {
                 kind,
@@ -517,13 +517,9 @@ impl TokenError {
     }
 }
 
-/// Which request field an RFC 6749 error points at, from its code and the
+/// Which request field an RFC 6749 error points at, from its kind and the
 /// words of its description.
-fn guess_field(
-    kind: TokenErrorKind,
-    oauth_error: Option<&str>,
-    description: Option<&str>,
-) -> Option<TokenRequestField> {
+fn guess_field(kind: TokenErrorKind, description: Option<&str>) -> Option<TokenRequestField> {
     let text = description.unwrap_or_default().to_ascii_lowercase();
     let mentions = |words: &[&str]| words.iter().any(|word| text.contains(word));
     match kind {
@@ -552,10 +548,7 @@ fn guess_field(
                 None
             }
         }
-        _ => {
-            let _ = oauth_error;
-            None
-        }
+        _ => None,
     }
 }
 

@@ -19,7 +19,7 @@ use crate::error::{Error, Unauthorized};
 use crate::layer::{Auth, Shared};
 use crate::request::{AuthRequest, AuthResponse};
 use crate::stats::Counters;
-use crate::token::cache::{Invalidated, TokenCache, TokenWait};
+use crate::token::cache::{CachedToken, Invalidated, TokenCache, TokenWait};
 
 pin_project! {
     /// The response future of [`PropelAuth`](crate::PropelAuth).
@@ -49,13 +49,11 @@ pin_project! {
             attempt: Attempt,
             keyed: Option<TokenCache>,
         },
-        // No valid token: waiting on the cache's single flight. `ready` says
-        // whether the parked service has been made ready (it has for a first
-        // attempt, not for a 401 retry).
+        // No valid token: waiting on the cache's single flight. For a first
+        // attempt the parked service is ready; for a 401 retry it is not.
         AwaitingToken {
             wait: TokenWait,
             parked: Option<Box<Parked<S, Req>>>,
-            ready: bool,
             retry: bool,
             keyed: Option<TokenCache>,
         },
@@ -147,7 +145,6 @@ where
         let state = State::AwaitingToken {
             wait,
             parked: Some(Box::new(Parked { request, service })),
-            ready: true,
             retry: false,
             keyed,
         };
@@ -192,6 +189,9 @@ where
                         ) => {
                             let cache = token_cache(this.shared, keyed.as_ref())
                                 .expect("token attempts have a cache");
+                            // The token sent, to keep it out of the error
+                            // message, before it is dropped.
+                            let sent = cache.current_of(generation);
                             // Drop the rejected token whether or not this
                             // request can go again: the next one needs a new token.
                             let invalidated = cache.invalidate(generation);
@@ -202,19 +202,25 @@ where
                                         // 401 refreshed it, else the one single flight.
                                         wait: cache.wait(),
                                         parked: Some(parked),
-                                        ready: false,
                                         retry: true,
                                         keyed: keyed.take(),
                                     }
                                 }
-                                _ => read_body(this.shared, Some(cache), response, false),
+                                _ => read_body(this.shared, sent, response, false),
                             }
                         }
-                        (StatusCode::UNAUTHORIZED, Attempt::Token { retried: true, .. })
-                        | (StatusCode::FORBIDDEN, Attempt::Token { .. }) => {
+                        (
+                            StatusCode::UNAUTHORIZED,
+                            Attempt::Token {
+                                retried: true,
+                                generation,
+                            },
+                        )
+                        | (StatusCode::FORBIDDEN, Attempt::Token { generation, .. }) => {
                             let retried = response.status() == StatusCode::UNAUTHORIZED;
-                            let cache = token_cache(this.shared, keyed.as_ref());
-                            read_body(this.shared, cache, response, retried)
+                            let sent = token_cache(this.shared, keyed.as_ref())
+                                .and_then(|cache| cache.current_of(generation));
+                            read_body(this.shared, sent, response, retried)
                         }
                         (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, Attempt::Basic) => {
                             read_body(this.shared, None, response, false)
@@ -226,7 +232,6 @@ where
                 StateProj::AwaitingToken {
                     wait,
                     parked,
-                    ready,
                     retry,
                     keyed,
                 } => {
@@ -238,7 +243,7 @@ where
                     if *retry {
                         Counters::bump(&this.shared.counters.unauthorized_retries);
                     }
-                    let next = if *ready {
+                    let next = if !*retry {
                         let Parked {
                             request,
                             mut service,
@@ -365,11 +370,12 @@ fn token_cache<'a>(shared: &'a Shared, keyed: Option<&'a TokenCache>) -> Option<
     }
 }
 
-/// Reads the body of a 401 or 403; the secret and the current token are
-/// removed from what the server says, whatever it echoes.
+/// Reads the body of a 401 or 403. The Application secret and the token
+/// that was sent (when it is still cached to tell) are removed from what the
+/// server says, whatever it echoes; token-shaped text is removed anyway.
 fn read_body<S, Req>(
     shared: &Shared,
-    cache: Option<&TokenCache>,
+    sent: Option<Arc<CachedToken>>,
     response: S::Response,
     retried: bool,
 ) -> State<S, Req>
@@ -378,9 +384,7 @@ where
     S::Response: AuthResponse,
 {
     let mut known: Vec<SecretString> = shared.secret.iter().cloned().collect();
-    if let Some(current) = cache.and_then(TokenCache::current) {
-        known.push(current.token().secret().clone());
-    }
+    known.extend(sent.map(|sent| sent.token().secret().clone()));
     State::ReadingBody {
         status: response.status(),
         future: response.read_body(),

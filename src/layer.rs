@@ -42,9 +42,9 @@ use crate::{AccessToken, Credentials, PropelAuth, Scope, TokenParams, TokenSourc
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// use tower::{ServiceBuilder, ServiceExt};
-/// use tower_propel_auth::{Credentials, PropelAuthLayer};
 ///
-/// let layer = PropelAuthLayer::client_credentials(Credentials::from_env()?).build()?;
+/// // PROPEL_CLIENT_ID / PROPEL_CLIENT_SECRET, and PROPEL_OAUTH_URL / PROPEL_API_URL if set.
+/// let layer = tower_propel_auth::config::from_env()?.client_credentials().build()?;
 /// let client = ServiceBuilder::new().layer(layer.clone()).service(reqwest::Client::new());
 /// let request = reqwest::Request::new(
 ///     reqwest::Method::POST,
@@ -204,7 +204,11 @@ impl PropelAuthLayer {
             ));
         };
         let cache = store.cache_for(params);
-        match cache.current() {
+        // Like a request: a token due for refresh starts one in the background.
+        match cache
+            .cached()
+            .and_then(|(_, generation)| cache.current_of(generation))
+        {
             Some(cached) => Ok(cached.token().clone()),
             None => Ok(cache.wait().await?.token().clone()),
         }
@@ -416,7 +420,7 @@ impl TokenLayerBuilder {
     /// After a failed token request with no valid token, requests fail fast
     /// with its error for this long instead of asking again (default 1 s;
     /// stretched by a `Retry-After`, up to 60 s). Also the least time between
-    /// two 401-triggered refreshes.
+    /// two 401-triggered refreshes: zero turns both protections off.
     pub fn cooldown(mut self, cooldown: Duration) -> Self {
         self.policy.cooldown = cooldown;
         self
@@ -470,26 +474,37 @@ impl TokenLayerBuilder {
                 "it must be more than zero",
             ));
         }
+        if p.backoff_base.is_zero() || p.backoff_base > p.backoff_max {
+            return Err(ConfigError::invalid(
+                "the backoff",
+                "its base must be more than zero and at most its maximum",
+            ));
+        }
+        if self.max_token_sets == 0 {
+            return Err(ConfigError::invalid(
+                "the number of token sets",
+                "it must be at least 1",
+            ));
+        }
         let origins = parse_origins(self.api_origins.iter().map(String::as_str))?;
-        let mut secret = None;
-        let source: Arc<dyn TokenSource> = match self.origin {
-            TokenOrigin::Source(source) if self.token_api_option_set => {
-                let _ = source;
-                return Err(ConfigError::invalid(
-                    "the token URL, client auth or token HTTP client",
-                    "they apply only to client_credentials, not to a custom token source",
-                ));
+        if self.token_api_option_set && matches!(self.origin, TokenOrigin::Source(_)) {
+            return Err(ConfigError::invalid(
+                "the token URL, client auth or token HTTP client",
+                "they apply only to client_credentials, not to a custom token source",
+            ));
+        }
+        let (source, secret): (Arc<dyn TokenSource>, _) = match self.origin {
+            TokenOrigin::Source(source) => (source, None),
+            TokenOrigin::ClientCredentials(credentials) => {
+                let secret = credentials.secret().clone();
+                let source = client_credentials_source(
+                    credentials,
+                    &self.token_url,
+                    self.client_auth,
+                    self.http,
+                )?;
+                (Arc::new(source), Some(secret))
             }
-            TokenOrigin::Source(source) => source,
-            TokenOrigin::ClientCredentials(credentials) => Arc::new(client_credentials_source(
-                {
-                    secret = Some(credentials.secret().clone());
-                    credentials
-                },
-                &self.token_url,
-                self.client_auth,
-                self.http,
-            )?),
         };
         let layer =
             PropelAuthLayer::with_source(source, self.params, self.policy, self.max_token_sets);
@@ -588,6 +603,19 @@ mod tests {
         );
         let text = format!("{layer:?} {builder:?} {:?}", layer.layer(()));
         assert!(!text.contains("SENTINEL"), "{text}");
+    }
+
+    #[test]
+    fn settings_that_would_spin_or_hold_nothing_are_refused() {
+        let credentials = Credentials::new("APP", "secret").unwrap();
+        let builder = || PropelAuthLayer::client_credentials(credentials.clone());
+        let zero_backoff = builder().backoff(Duration::ZERO, Duration::from_secs(1)).build();
+        assert!(zero_backoff.unwrap_err().to_string().contains("backoff"));
+        let inverted = builder().backoff(Duration::from_secs(2), Duration::from_secs(1)).build();
+        assert!(inverted.is_err());
+        let no_room = builder().max_token_sets(0).build();
+        assert!(no_room.unwrap_err().to_string().contains("token sets"));
+        assert!(builder().refresh_at(1.5).build().is_err());
     }
 
     #[test]

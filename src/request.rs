@@ -10,7 +10,7 @@ use http_body::Body;
 use http_body_util::{Empty, Full};
 use tower::BoxError;
 
-use crate::body::read_capped;
+use crate::body::{read_capped, ERROR_BODY_TIMEOUT};
 use crate::origin::{AllowedOrigins, Decision};
 use crate::TokenParams;
 
@@ -26,7 +26,8 @@ pub(crate) trait AuthRequest: Sized {
 
 pub(crate) trait AuthResponse: Sized {
     fn status(&self) -> StatusCode;
-    /// The body, read up to the cap; what could not be read is left out.
+    /// The body, read up to the cap and for at most [`ERROR_BODY_TIMEOUT`];
+    /// a body that fails or stalls counts as empty.
     fn read_body(self) -> BoxFuture<'static, Bytes>;
 }
 
@@ -98,10 +99,12 @@ where
 
     fn read_body(self) -> BoxFuture<'static, Bytes> {
         Box::pin(async move {
-            read_capped(self.into_body())
-                .await
-                .map(|capped| capped.bytes)
-                .unwrap_or_default()
+            let read = tokio::time::timeout(ERROR_BODY_TIMEOUT, read_capped(self.into_body()));
+            match read.await {
+                Ok(Ok(capped)) => capped.bytes,
+                // The status says what happened; the message is a bonus.
+                Ok(Err(_)) | Err(_) => Bytes::new(),
+            }
         })
     }
 }

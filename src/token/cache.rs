@@ -261,8 +261,7 @@ impl TokenCache {
 
     /// Drops the token of `generation` after a 401, if it is still current.
     pub(crate) fn invalidate(&self, generation: u64) -> Invalidated {
-        let guard = self.inner.current.load();
-        let Some(cached) = guard.as_ref().filter(|c| c.generation == generation) else {
+        let Some(cached) = self.current_of(generation) else {
             return Invalidated::AlreadyReplaced;
         };
         let mut slow = self.inner.lock_slow();
@@ -274,14 +273,35 @@ impl TokenCache {
             tracing::debug!("a second 401 within the cool-down; keeping the token");
             return Invalidated::Throttled;
         }
-        slow.last_invalidation = Some(now);
-        let previous = self.inner.current.compare_and_swap(cached, None);
-        if previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, cached)) {
-            tracing::info!("Propel rejected the cached access token with 401; fetching a new one");
-            Invalidated::Dropped
-        } else {
-            Invalidated::AlreadyReplaced
+        let previous = self.inner.current.compare_and_swap(&cached, None);
+        if !previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, &cached)) {
+            return Invalidated::AlreadyReplaced;
         }
+        slow.last_invalidation = Some(now);
+        tracing::info!("Propel rejected the cached access token with 401; fetching a new one");
+        Invalidated::Dropped
+    }
+
+    /// Whether the cache holds nothing worth keeping: no token, no fetch in
+    /// flight, no failure cooling down. Evicting a busy cache would start a
+    /// second flight for the same parameters, or forget a cool-down.
+    pub(crate) fn is_idle(&self) -> bool {
+        if self.inner.current.load().is_some() {
+            return false;
+        }
+        let slow = self.inner.lock_slow();
+        let in_flight = slow.flight.as_ref().is_some_and(|f| f.peek().is_none());
+        let cooling_down = slow
+            .failure
+            .as_ref()
+            .is_some_and(|failure| Instant::now() < failure.until);
+        !in_flight && !cooling_down
+    }
+
+    /// The current token, if it is the one of `generation`.
+    pub(crate) fn current_of(&self, generation: u64) -> Option<Arc<CachedToken>> {
+        self.current()
+            .filter(|cached| cached.generation == generation)
     }
 
     fn refresh_ahead(&self, cached: &CachedToken) {

@@ -470,3 +470,46 @@ fn a_token_whose_runtime_is_gone_is_not_used_again() {
     assert_eq!(second.block_on(send(&service)).unwrap(), "Bearer token2");
     assert_eq!(source.calls(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_401_that_echoes_the_token_sent_never_shows_it() {
+    // The API echoes the Authorization header it saw as its body.
+    let source = ScriptedSource::tokens(Duration::ZERO, HOUR);
+    let layer = layer(&source);
+    let api = Api::default();
+    let mut service = layer.layer_over(api.clone());
+    api.reject("Bearer token1");
+    let body = BoxBody::new(Full::new(Bytes::from_static(b"{}")));
+    let request = Request::post(API).body(body).unwrap();
+    let response = ServiceExt::<Request<BoxBody<Bytes, Infallible>>>::ready(&mut service)
+        .await
+        .unwrap()
+        .call(request)
+        .await;
+    let err = response.unwrap_err();
+    let Error::Unauthorized(unauthorized) = &err else {
+        panic!("expected Unauthorized, got {err:?}");
+    };
+    assert_eq!(unauthorized.message(), "Bearer [redacted]");
+    assert!(!format!("{err} {err:?}").contains("token1"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_403_body_that_stalls_cannot_hang_the_request() {
+    type Stalled = http_body_util::StreamBody<
+        futures_util::stream::Pending<Result<http_body::Frame<Bytes>, Infallible>>,
+    >;
+    let api = tower::service_fn(|_request: Request<Full<Bytes>>| async {
+        let mut response = http::Response::new(Stalled::new(futures_util::stream::pending()));
+        *response.status_mut() = http::StatusCode::FORBIDDEN;
+        Ok::<_, Infallible>(response)
+    });
+    let credentials = crate::Credentials::new("APP", "secret").unwrap();
+    let service = PropelAuthLayer::basic(credentials).layer_over(api);
+    let started = tokio::time::Instant::now();
+    match service.oneshot(crate::token::test_source::request()).await {
+        Err(Error::Forbidden(forbidden)) => assert_eq!(forbidden.message(), ""),
+        other => panic!("expected Forbidden, got {other:?}"),
+    }
+    assert_eq!(started.elapsed(), crate::body::ERROR_BODY_TIMEOUT);
+}

@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::error::ConfigError;
@@ -19,7 +20,7 @@ use crate::Scope;
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct TokenParams {
     scopes: Vec<Scope>,
-    /// A JSON object, serialized once (keys sorted, so equal maps are equal keys).
+    /// A JSON object, serialized once with its keys sorted.
     policy_values: Option<String>,
 }
 
@@ -49,7 +50,10 @@ impl TokenParams {
         mut self,
         values: serde_json::Map<String, serde_json::Value>,
     ) -> Self {
-        self.policy_values = Some(serde_json::Value::Object(values).to_string());
+        // Keys sorted here, whatever order the map keeps (serde_json's
+        // `preserve_order` feature), so that equal values make equal keys.
+        let sorted: BTreeMap<String, serde_json::Value> = values.into_iter().collect();
+        self.policy_values = Some(serde_json::to_string(&sorted).expect("JSON values serialize"));
         self
     }
 

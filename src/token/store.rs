@@ -3,10 +3,14 @@
 //!
 //! Lookups take a read lock on one of [`SHARDS`] shards (no global lock on the
 //! hot path). Inserting a new parameter set is serialized by one mutex so the
-//! bound holds exactly; when full, an entry without a valid token goes first,
-//! then the least recently used. Recency is approximate: an entry records the
-//! number of inserts so far when it is used, so using an entry is a read of a
-//! shared counter and at most one store, never a contended write.
+//! bound holds exactly; when full, an idle entry goes first (no token, no
+//! fetch in flight, no failure cooling down), then the least recently used.
+//! Finding it scans every entry: this happens only when a new parameter set
+//! arrives at a full store, which costs a token request anyway.
+//!
+//! Recency is approximate: an entry records the number of inserts so far
+//! when it is used, so using an entry is a read of a shared counter and at
+//! most one store, never a contended write.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -181,8 +185,8 @@ impl Keyed {
         Some(entry.cache.clone())
     }
 
-    /// Removes one entry: one without a valid token if there is one, else the
-    /// least recently used. Called with the insert lock held.
+    /// Removes one entry: an idle one if there is one, else the least
+    /// recently used. Called with the insert lock held.
     fn evict_one(&self) {
         let mut victim: Option<(u64, TokenParams, (bool, u64))> = None;
         for shard in self.shards.iter() {
@@ -190,9 +194,10 @@ impl Keyed {
                 .iter()
                 .flat_map(|(hash, bucket)| bucket.iter().map(move |entry| (*hash, entry)))
             {
-                // Sort key: entries with a token after those without, then by age.
+                // Idle entries first (no token, nothing in flight or
+                // cooling down), then the least recently used.
                 let key = (
-                    entry.cache.current().is_some(),
+                    !entry.cache.is_idle(),
                     entry.last_used.load(Ordering::Relaxed),
                 );
                 if victim.as_ref().is_none_or(|(_, _, best)| key < *best) {
