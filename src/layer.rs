@@ -609,9 +609,13 @@ mod tests {
     fn settings_that_would_spin_or_hold_nothing_are_refused() {
         let credentials = Credentials::new("APP", "secret").unwrap();
         let builder = || PropelAuthLayer::client_credentials(credentials.clone());
-        let zero_backoff = builder().backoff(Duration::ZERO, Duration::from_secs(1)).build();
+        let zero_backoff = builder()
+            .backoff(Duration::ZERO, Duration::from_secs(1))
+            .build();
         assert!(zero_backoff.unwrap_err().to_string().contains("backoff"));
-        let inverted = builder().backoff(Duration::from_secs(2), Duration::from_secs(1)).build();
+        let inverted = builder()
+            .backoff(Duration::from_secs(2), Duration::from_secs(1))
+            .build();
         assert!(inverted.is_err());
         let no_room = builder().max_token_sets(0).build();
         assert!(no_room.unwrap_err().to_string().contains("token sets"));
