@@ -1,11 +1,13 @@
 //! The shared token cache: one per layer (and one per [`TokenParams`] set),
 //! shared by every clone and every service.
 //!
-//! - **Hot path**: [`TokenCache::cached`] is one atomic load of the current
-//!   token (an `ArcSwapOption`) and a clone of its pre-built header. No lock,
-//!   no clock read, no await. Deadlines are acted on by a timer instead: the
-//!   task that fetched a token sleeps until the token is due for refresh, then
-//!   raises a flag, then sleeps until it goes stale and removes it.
+//! - **Hot path**: each service's [`CacheHandle`] holds the current token and
+//!   revalidates it with one relaxed atomic load of the shared `ArcSwapOption`,
+//!   then clones its pre-built header. No lock, no clock read, no await.
+//!   Deadlines are acted on by a timer instead: the task that fetched a token
+//!   sleeps until the token is due for refresh, then raises a flag, then
+//!   sleeps until it goes stale and removes it (or removes it at once should
+//!   the task be dropped with its runtime).
 //! - **Single flight**: at most one fetch is in flight per cache. It runs in a
 //!   task of its own, under the fetch timeout, so dropping any waiter (the one
 //!   that started it included) cancels nothing; waiters share its result.
@@ -14,7 +16,8 @@
 //! - **Failures**: a failed background fetch keeps the valid token and retries
 //!   with exponential backoff and jitter (only while the token stays valid
 //!   longer than the wait). A failure with no valid token goes to every waiter
-//!   of that fetch, and new requests get it at once for a cool-down.
+//!   of that fetch, and new requests get it at once for a cool-down; so does a
+//!   fetch task that ends without an answer.
 
 use std::collections::hash_map::RandomState;
 use std::future::Future;
