@@ -15,6 +15,8 @@
 //! Propel and the front ends query it with `SELECT 1`; `PROPEL_API_URL` and
 //! `PROPEL_OAUTH_URL` are honoured.
 
+mod support;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -30,76 +32,33 @@ use reqwest::Url;
 use secrecy::ExposeSecret as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use support::Target;
 use tower::{BoxError, Layer, ServiceExt};
-use tower_propel_auth::{
-    config, AccessToken, Credentials, FakePropel, PropelAuthLayer, TokenLayerBuilder, TokenParams,
-    CLIENT_ID_VAR, CLIENT_SECRET_VAR,
-};
+use tower_propel_auth::{AccessToken, Credentials, PropelAuthLayer, TokenParams};
 
 /// The front ends, one per tenant; acme twice, to show the back end's cache.
 const TENANTS: &[&str] = &["acme", "globex", "acme"];
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {}", chain(err.as_ref()));
-            ExitCode::FAILURE
-        }
-    }
+    support::exit_code(run().await)
 }
 
-/// Where the queries go, and the builder of the back end's layer.
-struct Target {
-    builder: TokenLayerBuilder,
-    api_url: Url,
-    sql: &'static str,
-    /// `Some` when running against the fake (kept alive while it is used).
-    fake: Option<FakePropel>,
-}
-
-impl Target {
-    async fn new() -> Result<Self, BoxError> {
-        let set = |var| std::env::var_os(var).is_some_and(|value| !value.is_empty());
-        if set(CLIENT_ID_VAR) || set(CLIENT_SECRET_VAR) {
-            // Reads PROPEL_CLIENT_ID, PROPEL_CLIENT_SECRET, PROPEL_OAUTH_URL, PROPEL_API_URL.
-            let config = config::from_env()?;
-            println!("Real Propel at {}", config.api_url());
-            return Ok(Self {
-                builder: config.client_credentials(),
-                api_url: config.api_url().parse()?,
-                sql: "SELECT 1",
-                fake: None,
-            });
-        }
-        let fake = FakePropel::start().await;
-        println!(
-            "FakePropel at {} (set {CLIENT_ID_VAR} and {CLIENT_SECRET_VAR} for real Propel)",
-            fake.origin()
-        );
-        // An Application without `admin`, whose queries need a tenant_id in
-        // the token, as a Data Pool Access Policy with `${{ tenant_id }}` would.
+async fn run() -> Result<(), BoxError> {
+    // The back end's Application, when FakePropel stands in for Propel: one
+    // without `admin`, whose queries need a tenant_id in the token, as a Data
+    // Pool Access Policy with `${{ tenant_id }}` would.
+    let target = Target::with_fake_app(|fake| {
         fake.add_application(
             "APP01FRONTEND",
             "frontend-app-secret",
             &["data_pool:query", "metric:query"],
         );
         fake.require_tenant_policy(true);
-        let credentials = Credentials::new("APP01FRONTEND", "frontend-app-secret")?;
-        Ok(Self {
-            builder: PropelAuthLayer::client_credentials(credentials)
-                .token_url(fake.token_url())
-                .api_url(fake.api_url()),
-            api_url: fake.api_url().parse()?,
-            sql: "SELECT tenant, count() AS n FROM events GROUP BY tenant",
-            fake: Some(fake),
-        })
-    }
-}
-
-async fn run() -> Result<(), BoxError> {
-    let target = Target::new().await?;
+        Credentials::new("APP01FRONTEND", "frontend-app-secret")
+    })
+    .await?;
+    let api_url = target.url()?;
 
     // The back end: one layer, one token cache, one entry per tenant.
     let back_end = target.builder.build()?;
@@ -108,7 +67,7 @@ async fn run() -> Result<(), BoxError> {
 
     let mut mismatches = 0;
     for tenant in TENANTS {
-        let seen = front_end(addr, tenant, &target.api_url, target.sql).await?;
+        let seen = front_end(addr, tenant, &api_url, target.sql).await?;
         if target.fake.is_some() && seen != *tenant {
             mismatches += 1;
         }
@@ -253,22 +212,10 @@ async fn front_end(
         .with_api_url(api_url.as_str())?
         .layer(http);
 
-    let graphql = format!(
-        "query {{ sqlV1(input: {{ query: {} }}) {{ columns {{ columnName }} rows }} }}",
-        serde_json::Value::from(sql)
-    );
-    let mut request = reqwest::Request::new(reqwest::Method::POST, api_url.clone());
-    request
-        .headers_mut()
-        .insert(CONTENT_TYPE, "application/json".parse().expect("a header"));
-    *request.body_mut() = Some(json!({ "query": graphql }).to_string().into());
-    let response = propel.oneshot(request).await?;
+    let response = propel.oneshot(support::sql_request(api_url, sql)).await?;
     let status = response.status();
     let json: Value = serde_json::from_slice(&response.bytes().await?).unwrap_or_default();
-    let rows = json
-        .pointer("/data/sqlV1/rows")
-        .cloned()
-        .unwrap_or_default();
+    let rows = support::rows(&json);
     let seen = json
         .pointer("/extensions/policyValues/tenant_id")
         .cloned()
@@ -276,18 +223,4 @@ async fn front_end(
     println!("front end of {tenant}: a token of {length} chars, expiring in {expires_in} s");
     println!("  query → {status}, rows {rows}; Propel saw tenant_id {seen}");
     Ok(seen)
-}
-
-/// An error and its causes on one line, each said once.
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text = format!("{text}: {cause_text}");
-        }
-        source = cause.source();
-    }
-    text
 }

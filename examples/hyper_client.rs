@@ -6,6 +6,8 @@
 //! queries real Propel over HTTPS (hyper-rustls) with `SELECT 1`;
 //! `PROPEL_API_URL` and `PROPEL_OAUTH_URL` are honoured.
 
+mod support;
+
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -16,64 +18,15 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::Connect;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use support::Target;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
-use tower_propel_auth::{
-    config, Credentials, FakePropel, PropelAuthLayer, TokenLayerBuilder, CLIENT_ID_VAR,
-    CLIENT_SECRET_VAR,
-};
 
 /// Concurrent queries: they share one token request.
 const QUERIES: usize = 5;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {}", chain(err.as_ref()));
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Where the queries go, and the builder of a client-credentials layer for it.
-struct Target {
-    builder: TokenLayerBuilder,
-    api_url: String,
-    sql: &'static str,
-    /// `Some` when running against the fake (kept alive while it is used).
-    fake: Option<FakePropel>,
-}
-
-impl Target {
-    async fn new() -> Result<Self, BoxError> {
-        let set = |var| std::env::var_os(var).is_some_and(|value| !value.is_empty());
-        if set(CLIENT_ID_VAR) || set(CLIENT_SECRET_VAR) {
-            // Reads PROPEL_CLIENT_ID, PROPEL_CLIENT_SECRET, PROPEL_OAUTH_URL, PROPEL_API_URL.
-            let config = config::from_env()?;
-            println!("Real Propel at {}", config.api_url());
-            return Ok(Self {
-                builder: config.client_credentials(),
-                api_url: config.api_url().to_owned(),
-                sql: "SELECT 1",
-                fake: None,
-            });
-        }
-        let fake = FakePropel::start().await;
-        println!(
-            "FakePropel at {} (set {CLIENT_ID_VAR} and {CLIENT_SECRET_VAR} for real Propel)",
-            fake.origin()
-        );
-        let credentials = Credentials::new(fake.application_id(), fake.application_secret())?;
-        Ok(Self {
-            builder: PropelAuthLayer::client_credentials(credentials)
-                .token_url(fake.token_url())
-                .api_url(fake.api_url()),
-            api_url: fake.api_url(),
-            sql: "SELECT tenant, count() AS n FROM events GROUP BY tenant",
-            fake: Some(fake),
-        })
-    }
+    support::exit_code(run().await)
 }
 
 async fn run() -> Result<(), BoxError> {
@@ -111,12 +64,7 @@ where
         .layer(layer.clone())
         .service(client);
 
-    let graphql = format!(
-        "query {{ sqlV1(input: {{ query: {} }}) {{ columns {{ columnName }} rows }} }}",
-        // A JSON string literal is also a valid GraphQL one.
-        serde_json::Value::from(target.sql)
-    );
-    let body = Bytes::from(serde_json::json!({ "query": graphql }).to_string());
+    let body = Bytes::from(support::sql_body(target.sql));
     println!("{QUERIES} concurrent queries: {}", target.sql);
 
     let started = Instant::now();
@@ -138,44 +86,11 @@ where
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        let rows = json
-            .pointer("/data/sqlV1/rows")
-            .cloned()
-            .unwrap_or_default();
+        let rows = support::rows(&json);
         println!("  query {}: {status}, rows {rows}", n + 1);
         ok += usize::from(status == StatusCode::OK);
     }
 
-    let stats = layer.stats();
-    println!(
-        "{ok} of {QUERIES} OK in {:.1} ms; token requests: {} (waited for it: {})",
-        started.elapsed().as_secs_f64() * 1e3,
-        stats.token_requests,
-        stats.waited_for_token
-    );
-    if let Some(fake) = &target.fake {
-        println!(
-            "FakePropel saw {} token request(s) and {} Bearer-authenticated queries",
-            fake.stats().token_requests,
-            fake.stats().api_bearer
-        );
-    }
-    if ok != QUERIES || stats.token_requests != 1 {
-        return Err("expected every query to succeed with one shared token request".into());
-    }
-    Ok(())
-}
-
-/// An error and its causes on one line, each said once.
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text = format!("{text}: {cause_text}");
-        }
-        source = cause.source();
-    }
-    text
+    // Every query OK, and all of them on one token request.
+    support::check_shared_token(ok, QUERIES, started, &layer, target.fake.as_ref())
 }

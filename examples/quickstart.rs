@@ -16,11 +16,12 @@
 //! `PROPEL_OAUTH_URL` are honoured. `RUST_LOG=tower_propel_auth=debug` shows
 //! the crate's logs.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use reqwest::header::{HeaderValue, CONTENT_TYPE};
 use reqwest::{StatusCode, Url};
 use tokio::task::JoinSet;
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
@@ -71,13 +72,7 @@ impl<S> Client for S where
 #[tokio::main]
 async fn main() -> ExitCode {
     init_tracing();
-    match quickstart().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {}", chain(err.as_ref()));
-            ExitCode::FAILURE
-        }
-    }
+    support::exit_code(quickstart().await)
 }
 
 async fn quickstart() -> Result<(), BoxError> {
@@ -126,9 +121,7 @@ struct Target {
 
 impl Target {
     async fn new() -> Result<Self, BoxError> {
-        let set = |var| std::env::var_os(var).is_some_and(|value| !value.is_empty());
-        // Either variable means "use my account"; `from_env` then names the one missing.
-        if set(CLIENT_ID_VAR) || set(CLIENT_SECRET_VAR) {
+        if support::real_propel_requested() {
             Self::propel()
         } else {
             Self::fake().await
@@ -180,7 +173,7 @@ impl Target {
     }
 
     fn request(&self, sql: &str) -> reqwest::Request {
-        sql_request(self.api_url.clone(), sql)
+        support::sql_request(&self.api_url, sql)
     }
 }
 
@@ -462,7 +455,7 @@ impl Sent {
     fn describe(&self) -> String {
         match &self.result {
             Ok(answer) => digest(&answer.body),
-            Err(err) => chain(err.as_ref()),
+            Err(err) => support::chain(err.as_ref()),
         }
     }
 }
@@ -486,21 +479,6 @@ async fn send(client: impl Client, request: reqwest::Request) -> Sent {
     }
 }
 
-/// `POST {"query": "{ sqlV1(input: {query: …}) { … } }"}`. The body is in
-/// memory, so after a 401 the layer can send it again with a fresh token.
-fn sql_request(api_url: Url, sql: &str) -> reqwest::Request {
-    // A JSON string literal is also a valid GraphQL one.
-    let sql = serde_json::Value::from(sql);
-    let graphql =
-        format!("query {{ sqlV1(input: {{ query: {sql} }}) {{ columns {{ columnName }} rows }} }}");
-    let mut request = reqwest::Request::new(reqwest::Method::POST, api_url);
-    request
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    *request.body_mut() = Some(serde_json::json!({ "query": graphql }).to_string().into());
-    request
-}
-
 /// The rows of a `sqlV1` answer, its first GraphQL error, or the body's start.
 fn digest(body: &str) -> String {
     let json: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
@@ -511,21 +489,6 @@ fn digest(body: &str) -> String {
         return shorten(&format!("GraphQL error: {message}"));
     }
     shorten(body)
-}
-
-/// An error and its causes on one line, each said once (a cause's text may
-/// already be part of its parent's).
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text = format!("{text}: {cause_text}");
-        }
-        source = cause.source();
-    }
-    text
 }
 
 fn shorten(text: &str) -> String {

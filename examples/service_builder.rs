@@ -13,6 +13,8 @@
 //!
 //! `RUST_LOG` picks the logs (default: `tower_http=info,tower_propel_auth=info`).
 
+mod support;
+
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -23,14 +25,12 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::Connect;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use support::Target;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tower_propel_auth::retry::TransientErrors;
 use tower_propel_auth::testing::TokenFault;
-use tower_propel_auth::{
-    config, Credentials, Error, FakePropel, PropelAuthLayer, TokenLayerBuilder, CLIENT_ID_VAR,
-    CLIENT_SECRET_VAR,
-};
+use tower_propel_auth::Error;
 use tracing::Level;
 
 /// Concurrent queries once the first one got through.
@@ -47,53 +47,7 @@ async fn main() -> ExitCode {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {}", chain(err.as_ref()));
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Where the queries go, and the builder of a client-credentials layer for it.
-struct Target {
-    builder: TokenLayerBuilder,
-    api_url: String,
-    sql: &'static str,
-    /// `Some` when running against the fake (kept alive while it is used).
-    fake: Option<FakePropel>,
-}
-
-impl Target {
-    async fn new() -> Result<Self, BoxError> {
-        let set = |var| std::env::var_os(var).is_some_and(|value| !value.is_empty());
-        if set(CLIENT_ID_VAR) || set(CLIENT_SECRET_VAR) {
-            // Reads PROPEL_CLIENT_ID, PROPEL_CLIENT_SECRET, PROPEL_OAUTH_URL, PROPEL_API_URL.
-            let config = config::from_env()?;
-            println!("Real Propel at {}", config.api_url());
-            return Ok(Self {
-                builder: config.client_credentials(),
-                api_url: config.api_url().to_owned(),
-                sql: "SELECT 1",
-                fake: None,
-            });
-        }
-        let fake = FakePropel::start().await;
-        println!(
-            "FakePropel at {} (set {CLIENT_ID_VAR} and {CLIENT_SECRET_VAR} for real Propel)",
-            fake.origin()
-        );
-        let credentials = Credentials::new(fake.application_id(), fake.application_secret())?;
-        Ok(Self {
-            builder: PropelAuthLayer::client_credentials(credentials)
-                .token_url(fake.token_url())
-                .api_url(fake.api_url()),
-            api_url: fake.api_url(),
-            sql: "SELECT tenant, count() AS n FROM events GROUP BY tenant",
-            fake: Some(fake),
-        })
-    }
+    support::exit_code(run().await)
 }
 
 async fn run() -> Result<(), BoxError> {
@@ -176,19 +130,12 @@ where
     }
 
     let request = || {
-        let graphql = format!(
-            "query {{ sqlV1(input: {{ query: {} }}) {{ columns {{ columnName }} rows }} }}",
-            // A JSON string literal is also a valid GraphQL one.
-            serde_json::Value::from(target.sql)
-        );
         Request::builder()
             .method(Method::POST)
             .uri(&target.api_url)
             .header(CONTENT_TYPE, "application/json")
             // In memory, so both the retry layer and a 401 replay can resend it.
-            .body(Full::new(Bytes::from(
-                serde_json::json!({ "query": graphql }).to_string(),
-            )))
+            .body(Full::new(Bytes::from(support::sql_body(target.sql))))
             .expect("a valid request")
     };
 
@@ -226,10 +173,7 @@ where
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        let rows = json
-            .pointer("/data/sqlV1/rows")
-            .cloned()
-            .unwrap_or_default();
+        let rows = support::rows(&json);
         println!("query: {status}, rows {rows}");
         ok += usize::from(status == StatusCode::OK);
     }
@@ -257,20 +201,6 @@ fn describe(err: &BoxError) -> String {
         Some(err) if err.is_transient() => format!("transient, retries exhausted: {err}"),
         Some(err) => err.to_string(),
         None if err.is::<tower::timeout::error::Elapsed>() => "timed out".to_owned(),
-        None => chain(err.as_ref()),
+        None => support::chain(err.as_ref()),
     }
-}
-
-/// An error and its causes on one line, each said once.
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text = format!("{text}: {cause_text}");
-        }
-        source = cause.source();
-    }
-    text
 }

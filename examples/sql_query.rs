@@ -6,66 +6,17 @@
 //! row). With both set it queries real Propel, by default with `SELECT 1`;
 //! `PROPEL_API_URL` and `PROPEL_OAUTH_URL` are honoured.
 
+mod support;
+
 use std::process::ExitCode;
 
-use reqwest::header::{HeaderValue, CONTENT_TYPE};
-use reqwest::{Method, Url};
 use serde::Deserialize;
+use support::Target;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
-use tower_propel_auth::{
-    config, Credentials, FakePropel, PropelAuthLayer, TokenLayerBuilder, CLIENT_ID_VAR,
-    CLIENT_SECRET_VAR,
-};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {}", chain(err.as_ref()));
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Where the query goes, and the builder of a client-credentials layer for it.
-struct Target {
-    builder: TokenLayerBuilder,
-    api_url: Url,
-    default_sql: &'static str,
-    /// `Some` when running against the fake (kept alive while it is used).
-    _fake: Option<FakePropel>,
-}
-
-impl Target {
-    async fn new() -> Result<Self, BoxError> {
-        let set = |var| std::env::var_os(var).is_some_and(|value| !value.is_empty());
-        if set(CLIENT_ID_VAR) || set(CLIENT_SECRET_VAR) {
-            // Reads PROPEL_CLIENT_ID, PROPEL_CLIENT_SECRET, PROPEL_OAUTH_URL, PROPEL_API_URL.
-            let config = config::from_env()?;
-            println!("Real Propel at {}", config.api_url());
-            return Ok(Self {
-                builder: config.client_credentials(),
-                api_url: config.api_url().parse()?,
-                default_sql: "SELECT 1",
-                _fake: None,
-            });
-        }
-        let fake = FakePropel::start().await;
-        println!(
-            "FakePropel at {} (set {CLIENT_ID_VAR} and {CLIENT_SECRET_VAR} for real Propel)",
-            fake.origin()
-        );
-        let credentials = Credentials::new(fake.application_id(), fake.application_secret())?;
-        Ok(Self {
-            builder: PropelAuthLayer::client_credentials(credentials)
-                .token_url(fake.token_url())
-                .api_url(fake.api_url()),
-            api_url: fake.api_url().parse()?,
-            default_sql: "SELECT tenant, count() AS n FROM events GROUP BY tenant",
-            _fake: Some(fake),
-        })
-    }
+    support::exit_code(run().await)
 }
 
 /// The GraphQL answer: `data.sqlV1`, or `errors`.
@@ -101,27 +52,19 @@ struct GraphqlError {
 
 async fn run() -> Result<(), BoxError> {
     let target = Target::new().await?;
+    let api_url = target.url()?;
     let sql = std::env::args()
         .nth(1)
-        .unwrap_or_else(|| target.default_sql.to_owned());
+        .unwrap_or_else(|| target.sql.to_owned());
 
     let layer = target.builder.build()?;
     let client = ServiceBuilder::new()
         .layer(layer)
         .service(reqwest::Client::new());
 
-    // `query { sqlV1(input: {query: "SELECT …"}) { columns { columnName } rows } }`.
-    // A JSON string literal is also a valid GraphQL one, so the SQL is quoted
-    // and escaped by serde_json.
-    let graphql = format!(
-        "query {{ sqlV1(input: {{ query: {} }}) {{ columns {{ columnName }} rows }} }}",
-        serde_json::Value::from(sql.as_str())
-    );
-    let mut request = reqwest::Request::new(Method::POST, target.api_url.clone());
-    request
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    *request.body_mut() = Some(serde_json::json!({ "query": graphql }).to_string().into());
+    // `query { sqlV1(input: {query: "SELECT …"}) { columns { columnName } rows } }`,
+    // the SQL quoted and escaped by serde_json.
+    let request = support::sql_request(&api_url, &sql);
 
     println!("{sql}\n");
     // A 401 that a fresh token cannot cure, a 403 (missing scope or policy)
@@ -197,18 +140,4 @@ fn cell(value: &serde_json::Value) -> String {
         serde_json::Value::String(text) => text.clone(),
         other => other.to_string(),
     }
-}
-
-/// An error and its causes on one line, each said once.
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text = format!("{text}: {cause_text}");
-        }
-        source = cause.source();
-    }
-    text
 }
