@@ -72,12 +72,13 @@ impl<S> PropelAuth<S> {
         Req: AuthRequest,
     {
         let shared = Arc::clone(&self.shared);
-        if request.headers().contains_key(AUTHORIZATION) {
+        let decision = if request.headers().contains_key(AUTHORIZATION) {
             // The caller chose its own credentials: not ours to touch.
-            let future = self.inner.call(request);
-            return ResponseFuture::calling(shared, future, Attempt::PassThrough);
-        }
-        match request.decide(&shared.origins) {
+            Decision::PassThrough
+        } else {
+            request.decide(&shared.origins)
+        };
+        match decision {
             Decision::Attach => {}
             Decision::PassThrough => {
                 let future = self.inner.call(request);
