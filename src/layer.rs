@@ -260,6 +260,7 @@ impl fmt::Debug for PropelAuthLayer {
 }
 
 /// Where a token layer's tokens come from.
+#[derive(Clone)]
 enum TokenOrigin {
     ClientCredentials(Credentials),
     Source(Arc<dyn TokenSource>),
@@ -280,6 +281,7 @@ enum TokenOrigin {
 ///     .build()?;
 /// # let _ = layer; Ok(()) }
 /// ```
+#[derive(Clone)]
 pub struct TokenLayerBuilder {
     origin: TokenOrigin,
     /// A Token API option was set on a custom source, where it cannot apply.
@@ -288,7 +290,8 @@ pub struct TokenLayerBuilder {
     api_origins: Vec<String>,
     client_auth: ClientAuth,
     params: TokenParams,
-    policy_values_error: Option<ConfigError>,
+    /// `policy_values_json` was given something other than a JSON object.
+    policy_values_invalid: bool,
     http: Option<TokenHttpClient>,
     policy: RefreshPolicy,
     replay_unauthorized: bool,
@@ -304,7 +307,7 @@ impl TokenLayerBuilder {
             api_origins: vec![DEFAULT_API_URL.to_owned()],
             client_auth: ClientAuth::default(),
             params: TokenParams::default(),
-            policy_values_error: None,
+            policy_values_invalid: false,
             http: None,
             policy: RefreshPolicy::default(),
             replay_unauthorized: true,
@@ -355,7 +358,7 @@ impl TokenLayerBuilder {
     pub fn policy_values_json(mut self, json: &str) -> Self {
         match self.params.clone().with_policy_values_json(json) {
             Ok(params) => self.params = params,
-            Err(err) => self.policy_values_error = Some(err),
+            Err(_) => self.policy_values_invalid = true,
         }
         self
     }
@@ -452,8 +455,8 @@ impl TokenLayerBuilder {
 
     /// Checks the configuration and builds the layer. No request is made.
     pub fn build(self) -> Result<PropelAuthLayer, ConfigError> {
-        if let Some(err) = self.policy_values_error {
-            return Err(err);
+        if self.policy_values_invalid {
+            return Err(TokenParams::not_an_object());
         }
         let p = &self.policy;
         if !(p.refresh_fraction > 0.0 && p.refresh_fraction <= 1.0) {

@@ -105,3 +105,7 @@ pub use token::{AccessToken, TokenParams, TokenSource};
 
 #[cfg(feature = "test-util")]
 pub use testing::FakePropel;
+
+/// The `secrecy` crate this one keeps secrets in: `ExposeSecret` reads an
+/// [`AccessToken::secret`] or a [`Credentials::secret`].
+pub use secrecy;

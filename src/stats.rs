@@ -6,6 +6,20 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 ///
 /// Every clone of a layer and every service made from it count into the same
 /// counters. Counts only go up.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use tower_propel_auth::{Credentials, PropelAuthLayer};
+///
+/// let layer = PropelAuthLayer::client_credentials(Credentials::new("APP01…", "secret")?).build()?;
+/// let stats = layer.stats();
+/// println!(
+///     "token requests {} ({} failed), requests that waited {}, 401 retries {}, 403s {}",
+///     stats.token_requests, stats.token_failures, stats.waited_for_token,
+///     stats.unauthorized_retries, stats.forbidden,
+/// );
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {

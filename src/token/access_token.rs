@@ -21,6 +21,17 @@ pub(crate) const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
 ///
 /// The token is kept in a [`SecretString`] and never shown by `Debug`; the
 /// header is marked sensitive.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_propel_auth::secrecy::ExposeSecret;
+/// use tower_propel_auth::AccessToken;
+///
+/// let token = AccessToken::new("eyJ…", Duration::from_secs(3600)).unwrap();
+/// assert!(token.expires_in() <= Duration::from_secs(3600));
+/// assert_eq!(token.secret().expose_secret(), "eyJ…");
+/// assert!(!format!("{token:?}").contains("eyJ"));
+/// ```
 #[derive(Clone)]
 pub struct AccessToken {
     token: SecretString,

@@ -61,11 +61,15 @@ impl TokenParams {
     pub fn with_policy_values_json(self, json: &str) -> Result<Self, ConfigError> {
         match serde_json::from_str(json) {
             Ok(serde_json::Value::Object(values)) => Ok(self.with_policy_values(values)),
-            _ => Err(ConfigError::invalid(
-                "policy_values",
-                "it must be a JSON object, e.g. {\"tenant_id\":\"123\"}",
-            )),
+            _ => Err(Self::not_an_object()),
         }
+    }
+
+    pub(crate) fn not_an_object() -> ConfigError {
+        ConfigError::invalid(
+            "policy_values",
+            "it must be a JSON object, e.g. {\"tenant_id\":\"123\"}",
+        )
     }
 
     /// The scopes requested; empty means the Application's own.
