@@ -138,7 +138,7 @@ async fn soak(run_for: Duration) {
             let mut at = started + REVOKE_EVERY;
             while at < deadline && !stop.load(Relaxed) {
                 tokio::time::sleep_until(at).await;
-                if revocations % 2 == 0 {
+                if revocations.is_multiple_of(2) {
                     match layer.access_token(None).await {
                         Ok(token) => fake.revoke_token(token.secret().expose_secret()),
                         Err(_) => fake.revoke_all_tokens(),
