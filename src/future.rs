@@ -240,9 +240,6 @@ where
                         Err(err) => return Poll::Ready(Err(Error::Token(err))),
                     };
                     let (header, generation) = (cached.header.clone(), cached.generation);
-                    if *retry {
-                        Counters::bump(&this.shared.counters.unauthorized_retries);
-                    }
                     let next = if !*retry {
                         let Parked {
                             request,
@@ -350,6 +347,9 @@ where
         })
     };
     request.headers_mut().insert(AUTHORIZATION, header);
+    if retried {
+        Counters::bump(&shared.counters.unauthorized_retries);
+    }
     State::Calling {
         future: service.call(request),
         replay,

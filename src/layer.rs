@@ -477,6 +477,17 @@ impl TokenLayerBuilder {
                 "it must be more than zero",
             ));
         }
+        // Far-off values would overflow the clock; none of them is useful.
+        const HOUR: Duration = Duration::from_secs(3600);
+        if [p.fetch_timeout, p.cooldown, p.backoff_max, p.safety_margin]
+            .iter()
+            .any(|d| *d > HOUR)
+        {
+            return Err(ConfigError::invalid(
+                "the fetch timeout, cool-down, backoff or safety margin",
+                "none may exceed an hour",
+            ));
+        }
         if p.backoff_base.is_zero() || p.backoff_base > p.backoff_max {
             return Err(ConfigError::invalid(
                 "the backoff",
@@ -623,6 +634,11 @@ mod tests {
         let no_room = builder().max_token_sets(0).build();
         assert!(no_room.unwrap_err().to_string().contains("token sets"));
         assert!(builder().refresh_at(1.5).build().is_err());
+        assert!(builder().cooldown(Duration::MAX).build().is_err());
+        assert!(builder()
+            .backoff(Duration::MAX, Duration::MAX)
+            .build()
+            .is_err());
     }
 
     #[test]

@@ -27,7 +27,9 @@ pub struct Stats {
     pub token_requests: u64,
     /// Token requests that failed.
     pub token_failures: u64,
-    /// Requests that had to wait for a token (none was cached and valid).
+    /// Requests that had to wait for a token: none was cached and valid, so
+    /// they joined (or started) a token request. A request failing fast
+    /// during a cool-down does not count; a 401 retry's wait does.
     pub waited_for_token: u64,
     /// Requests sent a second time with a fresh token after a 401.
     pub unauthorized_retries: u64,

@@ -246,8 +246,8 @@ impl TokenCache {
         if let Some(cached) = self.inner.current.load_full() {
             return TokenWait::ready(Ok(cached));
         }
-        Counters::bump(&self.inner.counters.waited_for_token);
         if let Some(flight) = slow.flight.as_ref().filter(|f| f.peek().is_none()) {
+            Counters::bump(&self.inner.counters.waited_for_token);
             self.inner.waiter_arrived.notify_waiters();
             return TokenWait::Flight(flight.clone());
         }
@@ -257,7 +257,10 @@ impl TokenCache {
             }
         }
         match self.inner.start_flight(&mut slow) {
-            Ok(flight) => TokenWait::Flight(flight),
+            Ok(flight) => {
+                Counters::bump(&self.inner.counters.waited_for_token);
+                TokenWait::Flight(flight)
+            }
             Err(err) => TokenWait::ready(Err(err)),
         }
     }
@@ -317,6 +320,8 @@ impl TokenCache {
         }
         tracing::debug!("access token due for refresh; fetching the next one in the background");
         if let Err(err) = self.inner.start_flight(&mut slow) {
+            // Let the next request try again.
+            cached.refresh_due.store(true, Ordering::Release);
             tracing::warn!(error = %err, "could not start a background token refresh");
         }
     }
@@ -481,20 +486,22 @@ impl CacheInner {
 
     /// Puts a fresh token in place.
     fn publish(&self, token: AccessToken, deadlines: Deadlines) -> Arc<CachedToken> {
-        let generation = {
-            let mut slow = self.lock_slow();
-            slow.generation += 1;
-            slow.generation
-        };
+        // Under the slow lock, so that the token and the end of the flight
+        // show together: a request that rejects this token at once (a 401)
+        // must start a new flight, not join this one and get it back.
+        let mut slow = self.lock_slow();
+        slow.generation += 1;
         let cached = Arc::new(CachedToken {
             header: token.header().clone(),
-            generation,
+            generation: slow.generation,
             token,
             refresh_due: AtomicBool::new(false),
             refresh_at: deadlines.refresh_at,
             stale_at: deadlines.stale_at,
         });
         self.current.store(Some(Arc::clone(&cached)));
+        slow.flight = None;
+        slow.failure = None;
         cached
     }
 
