@@ -60,6 +60,7 @@ pub struct PropelAuthLayer {
 }
 
 /// What every service of one layer shares.
+#[derive(Clone)]
 pub(crate) struct Shared {
     pub(crate) auth: Auth,
     pub(crate) origins: AllowedOrigins,
@@ -70,22 +71,52 @@ pub(crate) struct Shared {
     pub(crate) secret: Option<SecretString>,
 }
 
+#[derive(Clone)]
 pub(crate) enum Auth {
     /// The pre-built, sensitive `Basic …` header.
     Basic(HeaderValue),
     Token(Arc<TokenStore>),
 }
 
+impl Shared {
+    /// Default origins (Propel's API), 401 replay on, no secret to redact.
+    fn new(auth: Auth, counters: Arc<Counters>) -> Self {
+        Self {
+            auth,
+            origins: AllowedOrigins::default_api(),
+            counters,
+            replay_unauthorized: true,
+            secret: None,
+        }
+    }
+
+    /// Token authentication: one store of caches fed by `source`.
+    fn tokens(
+        source: Arc<dyn TokenSource>,
+        params: TokenParams,
+        policy: RefreshPolicy,
+        max_token_sets: usize,
+    ) -> Self {
+        let counters = Arc::<Counters>::default();
+        let store = TokenStore::new(
+            source,
+            params,
+            Arc::new(policy),
+            Arc::clone(&counters),
+            max_token_sets,
+        );
+        Self::new(Auth::Token(Arc::new(store)), counters)
+    }
+}
+
 impl PropelAuthLayer {
     /// Server-side authentication: the Application ID and secret as HTTP Basic
     /// credentials on every request. The header is built once, here.
     pub fn basic(credentials: Credentials) -> Self {
-        let secret = Some(credentials.secret().clone());
-        Self::from_parts(
-            Auth::Basic(credentials.basic_header()),
-            Arc::default(),
-            secret,
-        )
+        Self::from_shared(Shared {
+            secret: Some(credentials.secret().clone()),
+            ..Shared::new(Auth::Basic(credentials.basic_header()), Arc::default())
+        })
     }
 
     /// Client-side authentication with tokens from Propel's Token API (the
@@ -101,12 +132,12 @@ impl PropelAuthLayer {
             refresh_ahead: false,
             ..RefreshPolicy::default()
         };
-        Self::with_source(
-            Arc::new(FixedToken(token)),
-            TokenParams::default(),
-            policy,
-            1,
-        )
+        let source = Arc::new(FixedToken(token));
+        Self::from_shared(Shared {
+            // There is no fresh token to retry a 401 with: it is final at once.
+            replay_unauthorized: false,
+            ..Shared::tokens(source, TokenParams::default(), policy, 1)
+        })
     }
 
     /// Tokens from any [`TokenSource`], cached and refreshed exactly as
@@ -116,32 +147,9 @@ impl PropelAuthLayer {
         TokenLayerBuilder::new(TokenOrigin::Source(Arc::new(source)))
     }
 
-    fn with_source(
-        source: Arc<dyn TokenSource>,
-        params: TokenParams,
-        policy: RefreshPolicy,
-        max_token_sets: usize,
-    ) -> Self {
-        let counters = Arc::<Counters>::default();
-        let store = TokenStore::new(
-            source,
-            params,
-            Arc::new(policy),
-            Arc::clone(&counters),
-            max_token_sets,
-        );
-        Self::from_parts(Auth::Token(Arc::new(store)), counters, None)
-    }
-
-    fn from_parts(auth: Auth, counters: Arc<Counters>, secret: Option<SecretString>) -> Self {
+    fn from_shared(shared: Shared) -> Self {
         Self {
-            shared: Arc::new(Shared {
-                auth,
-                origins: AllowedOrigins::default_api(),
-                counters,
-                replay_unauthorized: true,
-                secret,
-            }),
+            shared: Arc::new(shared),
         }
     }
 
@@ -157,24 +165,9 @@ impl PropelAuthLayer {
         self,
         origins: impl IntoIterator<Item = &'a str>,
     ) -> Result<Self, ConfigError> {
-        let origins = parse_origins(origins)?;
-        Ok(self.map_shared(|shared| Shared { origins, ..shared }))
-    }
-
-    fn map_shared(self, f: impl FnOnce(Shared) -> Shared) -> Self {
-        let shared = match Arc::try_unwrap(self.shared) {
-            Ok(shared) => shared,
-            Err(shared) => Shared {
-                auth: shared.auth.clone(),
-                origins: shared.origins.clone(),
-                counters: Arc::clone(&shared.counters),
-                replay_unauthorized: shared.replay_unauthorized,
-                secret: shared.secret.clone(),
-            },
-        };
-        Self {
-            shared: Arc::new(f(shared)),
-        }
+        let mut shared = Arc::unwrap_or_clone(self.shared);
+        shared.origins = parse_origins(origins)?;
+        Ok(Self::from_shared(shared))
     }
 
     /// The counters of this layer, its clones and their services.
@@ -211,15 +204,6 @@ impl PropelAuthLayer {
         {
             Some(cached) => Ok(cached.token().clone()),
             None => Ok(cache.wait().await?.token().clone()),
-        }
-    }
-}
-
-impl Clone for Auth {
-    fn clone(&self) -> Self {
-        match self {
-            Auth::Basic(header) => Auth::Basic(header.clone()),
-            Auth::Token(store) => Auth::Token(Arc::clone(store)),
         }
     }
 }
@@ -520,14 +504,11 @@ impl TokenLayerBuilder {
                 (Arc::new(source), Some(secret))
             }
         };
-        let layer =
-            PropelAuthLayer::with_source(source, self.params, self.policy, self.max_token_sets);
-        let replay = self.replay_unauthorized;
-        Ok(layer.map_shared(|shared| Shared {
+        Ok(PropelAuthLayer::from_shared(Shared {
             origins,
-            replay_unauthorized: replay,
+            replay_unauthorized: self.replay_unauthorized,
             secret,
-            ..shared
+            ..Shared::tokens(source, self.params, self.policy, self.max_token_sets)
         }))
     }
 }

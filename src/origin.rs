@@ -127,16 +127,22 @@ impl AllowedOrigins {
     pub(crate) fn decide_uri(&self, uri: &http::Uri) -> Decision {
         if let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) {
             let https = *scheme == http::uri::Scheme::HTTPS;
-            let authority = authority.as_str();
-            let allowed = self.authorities.iter().any(|(allowed_https, allowed)| {
-                *allowed_https == https
-                    && (allowed == authority || allowed.eq_ignore_ascii_case(authority))
-            });
-            if allowed {
+            if self.is_allowed_authority(https, authority.as_str()) {
                 return Decision::Attach;
             }
         }
         self.decide(uri.scheme_str(), uri.host(), uri.port_u16())
+    }
+
+    /// Whether a request's authority, as its URL has it, is that of an
+    /// allowed origin that gets credentials: string comparisons with what
+    /// was precomputed at build time, no parsing.
+    #[inline]
+    pub(crate) fn is_allowed_authority(&self, https: bool, authority: &str) -> bool {
+        self.authorities.iter().any(|(allowed_https, allowed)| {
+            *allowed_https == https
+                && (allowed == authority || allowed.eq_ignore_ascii_case(authority))
+        })
     }
 
     /// Decides for a request to `scheme://host:port`. A request without a

@@ -114,6 +114,9 @@ impl AuthRequest for reqwest::Request {
     #[inline]
     fn decide(&self, origins: &AllowedOrigins) -> Decision {
         let url = self.url();
+        if origins.is_allowed_authority(url.scheme() == "https", url.authority()) {
+            return Decision::Attach;
+        }
         origins.decide(Some(url.scheme()), url.host_str(), url.port())
     }
 
@@ -153,6 +156,31 @@ impl AuthResponse for reqwest::Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "reqwest")]
+    #[test]
+    fn reqwest_requests_are_placed_like_http_ones() {
+        let allowed = AllowedOrigins::default_api();
+        let decide = |url: &str| {
+            let request = reqwest::Request::new(reqwest::Method::POST, url.parse().unwrap());
+            AuthRequest::decide(&request, &allowed)
+        };
+        for url in [
+            "https://api.us-east-2.propeldata.com/graphql",
+            "https://API.us-east-2.propeldata.com:443/graphql",
+        ] {
+            assert_eq!(decide(url), Decision::Attach, "{url}");
+        }
+        assert_eq!(
+            decide("https://api.us-east-2.propeldata.com:8443/"),
+            Decision::PassThrough
+        );
+        assert_eq!(decide("https://example.com/graphql"), Decision::PassThrough);
+        assert!(matches!(
+            decide("http://api.us-east-2.propeldata.com/"),
+            Decision::Insecure(_)
+        ));
+    }
 
     #[test]
     fn in_memory_bodies_replay_and_streams_do_not() {

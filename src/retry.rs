@@ -161,38 +161,41 @@ impl RetryRequest for reqwest::Request {
     }
 }
 
-impl<Req: RetryRequest, Res> Policy<Req, Res, Error> for TransientErrors {
-    type Future = Pin<Box<tokio::time::Sleep>>;
+/// An error the policy can judge: this crate's [`Error`], or the
+/// [`BoxError`] of a stack of tower layers around it.
+pub trait RetryError {
+    /// Whether trying again later may help.
+    fn is_transient(&self) -> bool;
+    /// How long the server asked to wait first, if it said.
+    fn retry_after(&self) -> Option<Duration>;
+}
 
-    fn retry(
-        &mut self,
-        _request: &mut Req,
-        result: &mut Result<Res, Error>,
-    ) -> Option<Self::Future> {
-        match result {
-            Err(err) => self.next(err.is_transient(), err.retry_after()),
-            Ok(_) => None,
-        }
+impl RetryError for Error {
+    fn is_transient(&self) -> bool {
+        Error::is_transient(self)
     }
 
-    fn clone_request(&mut self, request: &Req) -> Option<Req> {
-        request.try_clone_request()
+    fn retry_after(&self) -> Option<Duration> {
+        Error::retry_after(self)
     }
 }
 
-impl<Req: RetryRequest, Res> Policy<Req, Res, BoxError> for TransientErrors {
+impl RetryError for BoxError {
+    fn is_transient(&self) -> bool {
+        is_transient(self)
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        self.downcast_ref::<Error>().and_then(Error::retry_after)
+    }
+}
+
+impl<Req: RetryRequest, Res, E: RetryError> Policy<Req, Res, E> for TransientErrors {
     type Future = Pin<Box<tokio::time::Sleep>>;
 
-    fn retry(
-        &mut self,
-        _request: &mut Req,
-        result: &mut Result<Res, BoxError>,
-    ) -> Option<Self::Future> {
+    fn retry(&mut self, _request: &mut Req, result: &mut Result<Res, E>) -> Option<Self::Future> {
         match result {
-            Err(err) => {
-                let retry_after = err.downcast_ref::<Error>().and_then(Error::retry_after);
-                self.next(is_transient(err), retry_after)
-            }
+            Err(err) => self.next(err.is_transient(), err.retry_after()),
             Ok(_) => None,
         }
     }

@@ -29,20 +29,17 @@ use crate::token::cache::CacheHandle;
 pub struct PropelAuth<S> {
     inner: S,
     shared: Arc<Shared>,
-    /// This service's view of the default token cache (token layers only).
+    /// This service's view of the default token cache, made at its first
+    /// token request.
     token: Option<CacheHandle>,
 }
 
 impl<S> PropelAuth<S> {
     pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
-        let token = match &shared.auth {
-            Auth::Token(store) => Some(store.default_cache().handle()),
-            Auth::Basic(_) => None,
-        };
         Self {
             inner,
             shared,
-            token,
+            token: None,
         }
     }
 
@@ -107,10 +104,12 @@ impl<S> PropelAuth<S> {
                         Cow::Borrowed(_) => None,
                     },
                 };
-                let cached = match (&keyed, self.token.as_mut()) {
-                    (Some(keyed), _) => keyed.cached(),
-                    (None, Some(default)) => default.cached(),
-                    (None, None) => store.default_cache().cached(),
+                let cached = match &keyed {
+                    Some(keyed) => keyed.cached(),
+                    None => self
+                        .token
+                        .get_or_insert_with(|| store.default_cache().handle())
+                        .cached(),
                 };
                 match cached {
                     Some((header, generation)) => ResponseFuture::with_token(

@@ -15,7 +15,7 @@ use tower_propel_auth::{Credentials, Error, PropelAuthLayer};
 
 use support::{
     basic_layer, basic_layer_with, expect_err, graphql, hyper_client, json, reqwest_graphql, start,
-    token_layer, Calls, DATA_POOL_QUERY,
+    token_layer, Calls, Query, DATA_POOL_QUERY,
 };
 
 #[tokio::test]
@@ -207,12 +207,7 @@ async fn bad_basic_credentials_are_unauthorized_at_once() {
         Credentials::new(fake.application_id(), secret).unwrap(),
     );
 
-    let err = expect_err(
-        layer
-            .layer(hyper_client())
-            .oneshot(graphql(&fake.api_url(), DATA_POOL_QUERY))
-            .await,
-    );
+    let err = expect_err(layer.query(&fake).await);
     let Error::Unauthorized(unauthorized) = &err else {
         panic!("expected Unauthorized, got {err:?}");
     };

@@ -11,7 +11,7 @@ use tower_propel_auth::{Credentials, Error, ForbiddenReason, Scope};
 
 use support::{
     basic_layer, counting_bodies, expect_err, graphql, hyper_client, json, recording, start,
-    token_layer, token_layer_with, BodyBytes, Recorded, DATA_POOL_QUERY, METRIC_QUERY,
+    token_layer, token_layer_with, BodyBytes, Query, Recorded, DATA_POOL_QUERY, METRIC_QUERY,
 };
 
 #[tokio::test]
@@ -80,12 +80,7 @@ async fn a_token_without_the_policy_values_a_policy_needs_is_forbidden_as_a_poli
     let layer = token_layer_with(&fake, credentials.clone())
         .build()
         .unwrap();
-    let err = expect_err(
-        layer
-            .layer(hyper_client())
-            .oneshot(graphql(&fake.api_url(), DATA_POOL_QUERY))
-            .await,
-    );
+    let err = expect_err(layer.query(&fake).await);
     let Error::Forbidden(forbidden) = &err else {
         panic!("expected Forbidden, got {err:?}");
     };
@@ -99,11 +94,7 @@ async fn a_token_without_the_policy_values_a_policy_needs_is_forbidden_as_a_poli
         .policy_values_json(r#"{"tenant_id":"acme"}"#)
         .build()
         .unwrap();
-    let response = tenanted
-        .layer(hyper_client())
-        .oneshot(graphql(&fake.api_url(), DATA_POOL_QUERY))
-        .await
-        .expect("allowed with a tenant");
+    let response = tenanted.query(&fake).await.expect("allowed with a tenant");
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(fake.stats().api_forbidden, 1);
 }
@@ -340,14 +331,7 @@ async fn errors_never_show_the_application_secret_or_the_token() {
             )),
         },
     );
-    let err = expect_err(
-        token_layer(&fake)
-            .build()
-            .unwrap()
-            .layer(hyper_client())
-            .oneshot(graphql(&fake.api_url(), DATA_POOL_QUERY))
-            .await,
-    );
+    let err = expect_err(token_layer(&fake).build().unwrap().query(&fake).await);
     assert!(matches!(err, Error::Token(_)), "{err:?}");
     assert_clean("a Token API 400", &err, &[]);
 }

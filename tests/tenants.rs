@@ -18,7 +18,9 @@ use tower_propel_auth::{
     AccessToken, Credentials, Error, FakePropel, PropelAuthLayer, TokenParams,
 };
 
-use support::{expect_err, graphql, hyper_client, json, start, token_layer_with, DATA_POOL_QUERY};
+use support::{
+    expect_err, graphql, hyper_client, json, start, token_layer_with, Query, DATA_POOL_QUERY,
+};
 
 /// An Application without `admin`: with `require_tenant_policy` on, its
 /// queries need a token minted with a `tenant_id`.
@@ -158,8 +160,7 @@ async fn a_tenant_token_handed_to_a_front_end_works_as_a_bearer_token_for_that_t
         .with_api_url(&fake.api_url())
         .unwrap();
     let response = front_end
-        .layer(hyper_client())
-        .oneshot(graphql(&fake.api_url(), DATA_POOL_QUERY))
+        .query(&fake)
         .await
         .expect("the bearer token is accepted");
     assert_eq!(response.status(), StatusCode::OK);

@@ -17,7 +17,7 @@ use tower_propel_auth::{
 
 use support::{
     counting_bodies, credentials, expect_err, graphql, hyper_client, json, recording, start,
-    token_layer, token_layer_with, BodyBytes, Recorded, DATA_POOL_QUERY,
+    token_layer, token_layer_with, BodyBytes, Query, Recorded, DATA_POOL_QUERY,
 };
 
 /// Sends one query through a layer built from `builder`; it must fail for
@@ -26,12 +26,7 @@ use support::{
 async fn token_failure(fake: &FakePropel, builder: TokenLayerBuilder) -> Error {
     let before = fake.stats();
     let layer = builder.build().expect("a valid layer");
-    let err = expect_err(
-        layer
-            .layer(hyper_client())
-            .oneshot(graphql(&fake.api_url(), DATA_POOL_QUERY))
-            .await,
-    );
+    let err = expect_err(layer.query(fake).await);
     let after = fake.stats();
     assert_eq!(
         after.token_requests - before.token_requests,
@@ -264,8 +259,7 @@ async fn form_body_and_basic_header_client_auth_are_both_accepted() {
             .build()
             .unwrap();
         let response = layer
-            .layer(hyper_client())
-            .oneshot(graphql(&fake.api_url(), DATA_POOL_QUERY))
+            .query(&fake)
             .await
             .unwrap_or_else(|err| panic!("{client_auth:?}: {err}"));
         assert_eq!(response.status(), StatusCode::OK);
@@ -306,11 +300,7 @@ async fn scopes_and_policy_values_arrive_as_sent() {
         .http_client(recording(hyper_client(), &recorded))
         .build()
         .unwrap();
-    let response = layer
-        .layer(hyper_client())
-        .oneshot(graphql(&fake.api_url(), DATA_POOL_QUERY))
-        .await
-        .expect("succeeds");
+    let response = layer.query(&fake).await.expect("succeeds");
     let body = json(response).await;
 
     let scopes: BTreeSet<&str> = body["extensions"]["scopes"]
@@ -342,11 +332,7 @@ async fn scopes_and_policy_values_arrive_as_sent() {
 
     // Without any, the token carries the Application's own scopes.
     let plain = token_layer_with(&fake, credentials(&fake)).build().unwrap();
-    let response = plain
-        .layer(hyper_client())
-        .oneshot(graphql(&fake.api_url(), DATA_POOL_QUERY))
-        .await
-        .expect("succeeds");
+    let response = plain.query(&fake).await.expect("succeeds");
     let body = json(response).await;
     assert_eq!(body["extensions"]["policyValues"], serde_json::Value::Null);
     assert_eq!(

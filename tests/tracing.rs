@@ -25,7 +25,7 @@ use tracing_subscriber::registry::LookupSpan;
 
 use support::{
     basic_layer, basic_layer_with, expect_err, graphql, hyper_client, recording, start,
-    token_layer, token_layer_with, Recorded, DATA_POOL_QUERY,
+    token_layer, token_layer_with, Query, Recorded, DATA_POOL_QUERY,
 };
 
 /// The name of the span around each token request (see `src/token/cache.rs`).
@@ -247,11 +247,7 @@ async fn the_403_event_names_the_missing_scope() {
 
 /// Sends one query, which caches a token.
 async fn prime(fake: &FakePropel, layer: &PropelAuthLayer) {
-    let response = layer
-        .layer(hyper_client())
-        .oneshot(graphql(&fake.api_url(), DATA_POOL_QUERY))
-        .await
-        .expect("the first query succeeds");
+    let response = layer.query(fake).await.expect("the first query succeeds");
     assert_eq!(response.status(), StatusCode::OK);
 }
 
@@ -265,8 +261,7 @@ async fn a_401_retry_emits_one_event() {
     let before = capture.crate_events().len();
 
     let response = layer
-        .layer(hyper_client())
-        .oneshot(graphql(&fake.api_url(), DATA_POOL_QUERY))
+        .query(&fake)
         .await
         .expect("retried with a fresh token");
     assert_eq!(response.status(), StatusCode::OK);

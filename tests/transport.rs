@@ -22,7 +22,9 @@ use tower_http::follow_redirect::FollowRedirectLayer;
 use tower_propel_auth::testing::ApiFault;
 use tower_propel_auth::{Error, FakePropel, PropelAuthLayer};
 
-use support::{expect_err, graphql, hyper_client, start, token_layer, Calls, DATA_POOL_QUERY};
+use support::{
+    expect_err, graphql, hyper_client, start, token_layer, Calls, Query, DATA_POOL_QUERY,
+};
 
 /// One request a tiny server saw: its path and its `Authorization` header.
 type Seen = (String, Option<String>);
@@ -389,12 +391,7 @@ async fn a_token_api_redirect_is_not_followed_with_the_secret() {
         .build()
         .unwrap();
 
-    let err = expect_err(
-        layer
-            .layer(hyper_client())
-            .oneshot(graphql(&fake.api_url(), DATA_POOL_QUERY))
-            .await,
-    );
+    let err = expect_err(layer.query(&fake).await);
     let Error::Token(token_error) = &err else {
         panic!("expected a token error, got {err:?}");
     };

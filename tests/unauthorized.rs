@@ -18,16 +18,12 @@ use tower_propel_auth::{Error, FakePropel, PropelAuthLayer};
 
 use support::{
     expect_err, graphql, graphql_body, graphql_with, hyper_client, hyper_client_for,
-    reqwest_graphql, start, token_layer, DATA_POOL_QUERY,
+    reqwest_graphql, start, token_layer, Query, DATA_POOL_QUERY,
 };
 
 /// Sends one query and checks it succeeds: the cache then holds a token.
 async fn prime(fake: &FakePropel, layer: &PropelAuthLayer) {
-    let response = layer
-        .layer(hyper_client())
-        .oneshot(graphql(&fake.api_url(), DATA_POOL_QUERY))
-        .await
-        .expect("the first request succeeds");
+    let response = layer.query(fake).await.expect("the first request succeeds");
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(fake.stats().token_requests, 1);
 }
@@ -219,12 +215,7 @@ async fn with_retries_turned_off_a_401_is_unauthorized_at_once() {
     prime(&fake, &layer).await;
     fake.set_api_fault(Some(ApiFault::Unauthorized));
 
-    let err = expect_err(
-        layer
-            .layer(hyper_client())
-            .oneshot(graphql(&fake.api_url(), DATA_POOL_QUERY))
-            .await,
-    );
+    let err = expect_err(layer.query(&fake).await);
     let Error::Unauthorized(unauthorized) = &err else {
         panic!("expected Unauthorized, got {err:?}");
     };

@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
-use http_body_util::combinators::BoxBody;
 use http_body_util::Full;
-use tower::{Service, ServiceExt};
+use tower::ServiceExt;
 
-use crate::token::test_source::{layer, polls_pending, send, Api, ScriptedSource, Step, API, HOUR};
+use crate::token::test_source::{
+    layer, polls_pending, send, send_concurrently, send_unreplayable, Api, ScriptedSource, Step,
+    HOUR,
+};
 use crate::{Error, PropelAuthLayer, TokenErrorKind};
 
 #[tokio::test(start_paused = true)]
@@ -18,14 +20,8 @@ async fn ten_thousand_concurrent_requests_on_an_empty_cache_make_one_token_reque
     let source = ScriptedSource::tokens(Duration::from_millis(100), HOUR);
     let layer = layer(&source);
     let service = layer.layer_over(Api::default());
-    let tasks: Vec<_> = (0..10_000)
-        .map(|_| {
-            let service = service.clone();
-            tokio::spawn(async move { send(&service).await })
-        })
-        .collect();
-    for task in tasks {
-        assert_eq!(task.await.unwrap().unwrap(), "Bearer token1");
+    for result in send_concurrently(&service, 10_000).await {
+        assert_eq!(result.unwrap(), "Bearer token1");
     }
     assert_eq!(source.calls(), 1);
     assert_eq!(layer.stats().token_requests, 1);
@@ -183,15 +179,9 @@ async fn waiters_of_a_failed_fetch_share_one_error_then_fail_fast_during_the_coo
     let layer = layer(&source);
     let service = layer.layer_over(Api::default());
 
-    let tasks: Vec<_> = (0..100)
-        .map(|_| {
-            let service = service.clone();
-            tokio::spawn(async move { send(&service).await })
-        })
-        .collect();
     let mut errors = Vec::new();
-    for task in tasks {
-        match task.await.unwrap() {
+    for result in send_concurrently(&service, 100).await {
+        match result {
             Err(Error::Token(err)) => errors.push(err),
             other => panic!("expected a token error, got {other:?}"),
         }
@@ -261,22 +251,13 @@ async fn fifty_concurrent_401s_on_one_token_cause_one_refresh_and_fifty_retries(
     let layer = layer(&source);
     // The API answers after 5 ms, so all fifty are out with token1 before
     // the first 401 comes back.
-    let api = Api {
-        latency: Duration::from_millis(5),
-        ..Api::default()
-    };
+    let api = Api::with_latency(Duration::from_millis(5));
     let service = layer.layer_over(api.clone());
     assert_eq!(send(&service).await.unwrap(), "Bearer token1");
     api.reject("Bearer token1");
 
-    let tasks: Vec<_> = (0..50)
-        .map(|_| {
-            let service = service.clone();
-            tokio::spawn(async move { send(&service).await })
-        })
-        .collect();
-    for task in tasks {
-        assert_eq!(task.await.unwrap().unwrap(), "Bearer token2");
+    for result in send_concurrently(&service, 50).await {
+        assert_eq!(result.unwrap(), "Bearer token2");
     }
     assert_eq!(source.calls(), 2, "one refresh for all fifty 401s");
     assert_eq!(layer.stats().unauthorized_retries, 50);
@@ -307,13 +288,7 @@ async fn a_request_that_cannot_be_replayed_is_unauthorized_without_a_retry() {
     let api = Api::default();
     let mut service = layer.layer_over(api.clone());
     api.reject("Bearer token1");
-    let body = BoxBody::new(Full::new(Bytes::from_static(b"{}")));
-    let request = Request::post(API).body(body).unwrap();
-    let response = ServiceExt::<Request<BoxBody<Bytes, Infallible>>>::ready(&mut service)
-        .await
-        .unwrap()
-        .call(request)
-        .await;
+    let response = send_unreplayable(&mut service).await;
     match response {
         Err(Error::Unauthorized(err)) => assert!(!err.retried()),
         other => panic!("expected Unauthorized, got {other:?}"),
@@ -426,14 +401,8 @@ async fn a_token_source_that_panics_fails_its_waiters_and_cools_down() {
         ScriptedSource::new(Duration::from_millis(10), Step::Token(HOUR)).then(Step::Panic);
     let layer = layer(&source);
     let service = layer.layer_over(Api::default());
-    let tasks: Vec<_> = (0..10)
-        .map(|_| {
-            let service = service.clone();
-            tokio::spawn(async move { send(&service).await })
-        })
-        .collect();
-    for task in tasks {
-        match task.await.unwrap() {
+    for result in send_concurrently(&service, 10).await {
+        match result {
             Err(Error::Token(err)) => {
                 assert_eq!(err.kind(), TokenErrorKind::Source);
                 assert!(!err.is_transient());
@@ -479,13 +448,7 @@ async fn a_401_that_echoes_the_token_sent_never_shows_it() {
     let api = Api::default();
     let mut service = layer.layer_over(api.clone());
     api.reject("Bearer token1");
-    let body = BoxBody::new(Full::new(Bytes::from_static(b"{}")));
-    let request = Request::post(API).body(body).unwrap();
-    let response = ServiceExt::<Request<BoxBody<Bytes, Infallible>>>::ready(&mut service)
-        .await
-        .unwrap()
-        .call(request)
-        .await;
+    let response = send_unreplayable(&mut service).await;
     let err = response.unwrap_err();
     let Error::Unauthorized(unauthorized) = &err else {
         panic!("expected Unauthorized, got {err:?}");

@@ -85,10 +85,7 @@ async fn the_bound_holds_and_no_tenant_gets_another_tenants_token() {
 async fn concurrent_401s_for_one_tenant_refresh_only_that_tenants_token() {
     let source = ScriptedSource::tokens(Duration::from_millis(10), HOUR);
     let layer = layer(&source);
-    let api = Api {
-        latency: Duration::from_millis(5),
-        ..Api::default()
-    };
+    let api = Api::with_latency(Duration::from_millis(5));
     let service = layer.layer_over(api.clone());
     let a = send_as(&service, "a").await.unwrap();
     let b = send_as(&service, "b").await.unwrap();

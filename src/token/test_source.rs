@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
@@ -125,6 +126,14 @@ pub(crate) struct Api {
 }
 
 impl Api {
+    /// An API that takes `latency` to answer (paused time).
+    pub(crate) fn with_latency(latency: Duration) -> Self {
+        Self {
+            latency,
+            ..Self::default()
+        }
+    }
+
     pub(crate) fn reject(&self, header: &str) {
         self.rejected.lock().unwrap().insert(header.to_owned());
     }
@@ -188,6 +197,37 @@ pub(crate) async fn send(service: &PropelAuth<Api>) -> Result<String, Error> {
     assert_eq!(response.status(), StatusCode::OK);
     let body = response.into_body().collect().await.unwrap().to_bytes();
     Ok(String::from_utf8(body.to_vec()).unwrap())
+}
+
+/// Sends `n` requests at once, each from a task of its own (all spawned
+/// before any is awaited); their results in order.
+pub(crate) async fn send_concurrently(
+    service: &PropelAuth<Api>,
+    n: usize,
+) -> Vec<Result<String, Error>> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move { send(&service).await })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(n);
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    results
+}
+
+/// Sends one request whose body (a `BoxBody`) cannot be replayed.
+pub(crate) async fn send_unreplayable(
+    service: &mut PropelAuth<Api>,
+) -> Result<Response<Full<Bytes>>, Error> {
+    let body = BoxBody::new(Full::new(Bytes::from_static(b"{}")));
+    let request = Request::post(API).body(body).unwrap();
+    ServiceExt::<Request<BoxBody<Bytes, Infallible>>>::ready(service)
+        .await?
+        .call(request)
+        .await
 }
 
 /// Polls `future` once and says whether it is still pending.

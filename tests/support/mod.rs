@@ -17,8 +17,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
+use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
-use tower_propel_auth::{Credentials, Error, FakePropel, PropelAuthLayer, TokenLayerBuilder};
+use tower_propel_auth::{
+    Credentials, Error, FakePropel, PropelAuth, PropelAuthLayer, TokenLayerBuilder,
+};
 
 /// A query that needs `data_pool:query`.
 #[allow(dead_code)]
@@ -125,6 +128,20 @@ pub fn basic_layer_with(fake: &FakePropel, credentials: Credentials) -> PropelAu
     PropelAuthLayer::basic(credentials)
         .with_api_url(&fake.api_url())
         .expect("the fake's API URL is allowed")
+}
+
+/// Sends one Data Pool query through a layer over a fresh hyper client:
+/// `layer.query(&fake).await`.
+#[allow(dead_code)]
+pub trait Query {
+    /// The query's response (future).
+    fn query(&self, fake: &FakePropel) -> Oneshot<PropelAuth<HyperClient>, Request<Full<Bytes>>>;
+}
+
+impl Query for PropelAuthLayer {
+    fn query(&self, fake: &FakePropel) -> Oneshot<PropelAuth<HyperClient>, Request<Full<Bytes>>> {
+        tower::Layer::layer(self, hyper_client()).oneshot(graphql(&fake.api_url(), DATA_POOL_QUERY))
+    }
 }
 
 /// A client-credentials builder pointed at the fake (token URL and API URL),
