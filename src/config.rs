@@ -1,4 +1,5 @@
-//! Configuration from the environment variables Propel's own tools read.
+//! Configuration from the environment variables Propel's own tools read; the
+//! one place this crate reads the environment.
 //!
 //! | variable | meaning | default |
 //! |---|---|---|
@@ -10,19 +11,24 @@
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = tower_propel_auth::config::from_env()?;
+//! // Tokens from PROPEL_OAUTH_URL, sent to the origin of PROPEL_API_URL.
 //! let layer = config.client_credentials().build()?;
 //! println!("querying {}", config.api_url());
 //! # let _ = layer; Ok(()) }
 //! ```
 
 use crate::error::ConfigError;
-use crate::origin::DEFAULT_API_URL;
-use crate::token::client_credentials::DEFAULT_TOKEN_URL;
+use crate::origin::{Origin, DEFAULT_API_URL};
+use crate::token::client_credentials::{ClientCredentials, DEFAULT_TOKEN_URL};
 use crate::{Credentials, PropelAuthLayer, TokenLayerBuilder};
 
-/// The environment variable for the Token API URL.
+/// The environment variable of the Application ID.
+pub const CLIENT_ID_VAR: &str = "PROPEL_CLIENT_ID";
+/// The environment variable of the Application secret.
+pub const CLIENT_SECRET_VAR: &str = "PROPEL_CLIENT_SECRET";
+/// The environment variable of the Token API URL.
 pub const OAUTH_URL_VAR: &str = "PROPEL_OAUTH_URL";
-/// The environment variable for the GraphQL API URL.
+/// The environment variable of the GraphQL API URL.
 pub const API_URL_VAR: &str = "PROPEL_API_URL";
 
 /// What [`from_env`] read.
@@ -39,13 +45,25 @@ pub fn from_env() -> Result<EnvConfig, ConfigError> {
     let credentials = Credentials::from_env()?;
     let token_url = env_var(OAUTH_URL_VAR)?.unwrap_or_else(|| DEFAULT_TOKEN_URL.to_owned());
     let api_url = env_var(API_URL_VAR)?.unwrap_or_else(|| DEFAULT_API_URL.to_owned());
-    crate::origin::Origin::parse(&token_url, OAUTH_URL_VAR)?;
-    crate::origin::Origin::parse(&api_url, API_URL_VAR)?;
+    Origin::parse(&token_url, OAUTH_URL_VAR)?;
+    Origin::parse(&api_url, API_URL_VAR)?;
     Ok(EnvConfig {
         credentials,
         token_url,
         api_url,
     })
+}
+
+impl Credentials {
+    /// Credentials from `PROPEL_CLIENT_ID` and `PROPEL_CLIENT_SECRET`, the
+    /// variables Propel's own tools read. The error names the variable that is
+    /// missing, empty or not Unicode.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let id = env_var(CLIENT_ID_VAR)?.ok_or_else(|| ConfigError::missing_env(CLIENT_ID_VAR))?;
+        let secret = env_var(CLIENT_SECRET_VAR)?
+            .ok_or_else(|| ConfigError::missing_env(CLIENT_SECRET_VAR))?;
+        Self::new(id, secret).map_err(|err| err.in_env_var(&[CLIENT_ID_VAR, CLIENT_SECRET_VAR]))
+    }
 }
 
 impl EnvConfig {
@@ -66,20 +84,21 @@ impl EnvConfig {
 
     /// A Basic-credentials layer for the API URL's origin.
     pub fn basic(&self) -> Result<PropelAuthLayer, ConfigError> {
-        PropelAuthLayer::basic(self.credentials.clone()).with_api_url(&self.api_url)
+        PropelAuthLayer::basic(self.credentials.clone()).with_allowed_origins([&self.api_url])
     }
 
-    /// A client-credentials builder with the token and API URLs set.
-    pub fn client_credentials(&self) -> TokenLayerBuilder {
+    /// A client-credentials builder with the token URL set and the API URL's
+    /// origin allowed.
+    pub fn client_credentials(&self) -> TokenLayerBuilder<ClientCredentials> {
         PropelAuthLayer::client_credentials(self.credentials.clone())
             .token_url(self.token_url.clone())
-            .api_url(self.api_url.clone())
+            .allowed_origins([self.api_url.clone()])
     }
 }
 
 /// A variable's value; `None` when unset or empty, an error naming it when it
 /// is not Unicode.
-pub(crate) fn env_var(name: &str) -> Result<Option<String>, ConfigError> {
+fn env_var(name: &str) -> Result<Option<String>, ConfigError> {
     match std::env::var(name) {
         Ok(value) if value.trim().is_empty() => Ok(None),
         Ok(value) => Ok(Some(value)),

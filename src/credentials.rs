@@ -9,11 +9,6 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::error::ConfigError;
 
-/// The environment variable Propel's tools read the Application ID from.
-pub const CLIENT_ID_VAR: &str = "PROPEL_CLIENT_ID";
-/// The environment variable Propel's tools read the Application secret from.
-pub const CLIENT_SECRET_VAR: &str = "PROPEL_CLIENT_SECRET";
-
 /// A Propel Application's ID and secret.
 ///
 /// The secret lives in a [`SecretString`]: it is zeroed on drop and never shown
@@ -66,17 +61,6 @@ impl Credentials {
             application_id,
             secret,
         })
-    }
-
-    /// Credentials from `PROPEL_CLIENT_ID` and `PROPEL_CLIENT_SECRET`, the
-    /// variables Propel's own tools read. The error names the variable that is
-    /// missing, empty or not Unicode.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let id = crate::config::env_var(CLIENT_ID_VAR)?
-            .ok_or_else(|| ConfigError::missing_env(CLIENT_ID_VAR))?;
-        let secret = crate::config::env_var(CLIENT_SECRET_VAR)?
-            .ok_or_else(|| ConfigError::missing_env(CLIENT_SECRET_VAR))?;
-        Self::new(id, secret).map_err(|err| err.in_env_var(&[CLIENT_ID_VAR, CLIENT_SECRET_VAR]))
     }
 
     /// The Application ID (not a secret).

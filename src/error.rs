@@ -49,15 +49,17 @@ pub enum Error {
 
 impl Error {
     /// Whether trying the same request again later may succeed: a Token API
-    /// outage, rate limit or timeout, or an error of the inner service
-    /// (connection failures and the like). Never true for a 403, a 401, a
-    /// Token API 4xx other than 429, or insecure transport: those need a
-    /// change of configuration, not patience.
+    /// outage, rate limit or timeout, an error of the inner service
+    /// (connection failures and the like), or a 401 that a fresh token may
+    /// cure ([`Unauthorized::is_transient`]). Never true for a 403, a Token
+    /// API 4xx other than 429, or insecure transport: those need a change of
+    /// configuration, not patience.
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Token(err) => err.is_transient(),
             Error::Service(_) => true,
-            Error::Forbidden(_) | Error::Unauthorized(_) | Error::InsecureTransport(_) => false,
+            Error::Unauthorized(err) => err.is_transient(),
+            Error::Forbidden(_) | Error::InsecureTransport(_) => false,
         }
     }
 
@@ -66,6 +68,18 @@ impl Error {
         match self {
             Error::Token(err) => err.retry_after(),
             _ => None,
+        }
+    }
+
+    /// What to do about it, in the words of Propel's docs; `None` for an
+    /// error of the inner service.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::Forbidden(err) => Some(err.hint()),
+            Error::Unauthorized(err) => Some(err.hint().to_owned()),
+            Error::Token(err) => Some(err.hint().to_owned()),
+            Error::InsecureTransport(err) => Some(err.hint().to_owned()),
+            Error::Service(_) => None,
         }
     }
 }
@@ -177,71 +191,86 @@ impl fmt::Display for Forbidden {
             }
         }
         if !self.message.is_empty() {
-            write!(f, " (Propel said: {})", self.message)?;
+            write!(f, " (Propel: {})", self.message)?;
         }
-        write!(f, "; {}", self.hint())
+        Ok(())
     }
 }
 
 impl std::error::Error for Forbidden {}
 
-/// Propel answered 401 and there was no cure.
+/// Propel answered 401.
 ///
-/// With a token this means a freshly minted token was rejected too (or the
-/// request could not be replayed); with Basic credentials there is nothing to
-/// refresh, so the first 401 ends here.
+/// With a token, the layer dropped the rejected token (if it was still the
+/// cached one), so the next attempt carries a fresh one:
+/// [`is_transient`](Self::is_transient) says whether one may cure it, and
+/// [`retry::TransientErrors`](crate::retry::TransientErrors) sends the
+/// request once more. With Basic credentials there is nothing to refresh.
 #[derive(Debug)]
 pub struct Unauthorized {
     message: String,
     retried: bool,
     basic: bool,
+    transient: bool,
 }
 
 impl Unauthorized {
-    pub(crate) fn new(message: String, retried: bool, basic: bool) -> Self {
+    pub(crate) fn new(message: String, retried: bool, basic: bool, transient: bool) -> Self {
         Self {
             message,
             retried,
             basic,
+            transient,
         }
     }
 
-    /// Whether the request was sent a second time with a fresh token. When it
-    /// was not, its body could not be replayed, retries are off
-    /// ([`TokenLayerBuilder::retry_unauthorized`](crate::TokenLayerBuilder::retry_unauthorized)),
-    /// the token cannot be renewed ([`PropelAuthLayer::bearer`](crate::PropelAuthLayer::bearer)),
-    /// or a token minted less than a cool-down ago was rejected too.
+    /// Whether the layer itself had already sent the request a second time
+    /// with a fresh token
+    /// ([`retry_unauthorized`](crate::TokenLayerBuilder::retry_unauthorized)).
     pub fn retried(&self) -> bool {
         self.retried
+    }
+
+    /// Whether sending the request again may succeed: the rejected token was
+    /// dropped (or already replaced), so the next attempt carries another.
+    /// False with Basic credentials, for a bearer token, after the layer's
+    /// own second attempt, and for a 401 less than a cool-down after another
+    /// dropped a token (so that a server rejecting every token cannot cause a
+    /// refresh storm).
+    pub fn is_transient(&self) -> bool {
+        self.transient
     }
 
     /// The server's message, redacted and short; empty when there was none.
     pub fn message(&self) -> &str {
         &self.message
     }
+
+    /// What to check.
+    pub fn hint(&self) -> &'static str {
+        if self.basic {
+            "check that the Application exists in this account and that its secret is current"
+        } else if self.transient {
+            "send the request again: the next attempt carries a fresh token (retry::TransientErrors does)"
+        } else {
+            "the token may have been revoked or its Application deleted; check where the token comes from"
+        }
+    }
 }
 
 impl fmt::Display for Unauthorized {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.basic {
-            f.write_str("unauthorized: Propel rejected the Application ID and secret")?;
-        } else if self.retried {
-            f.write_str("unauthorized: Propel rejected a freshly minted access token too")?;
-        } else {
-            // Not sent again: its body cannot be replayed, retries are off, the
-            // token cannot be renewed, or a token minted moments ago was rejected too.
-            f.write_str(
-                "unauthorized: Propel rejected the access token; the request was not sent again",
-            )?;
-        }
-        if !self.message.is_empty() {
-            write!(f, " (Propel said: {})", self.message)?;
-        }
         f.write_str(if self.basic {
-            "; check that the Application exists in this account and that its secret is current"
+            "unauthorized: Propel rejected the Application ID and secret"
+        } else if self.retried {
+            "unauthorized: Propel rejected a freshly minted access token too"
         } else {
-            "; the token may have been revoked or its Application deleted; check the token's source"
-        })
+            "unauthorized: Propel rejected the access token"
+        })?;
+        if !self.message.is_empty() {
+            write!(f, " (Propel: {})", self.message)?;
+        }
+        Ok(())
     }
 }
 
@@ -266,11 +295,18 @@ impl InsecureTransport {
     }
 }
 
+impl InsecureTransport {
+    /// What to change.
+    pub fn hint(&self) -> &'static str {
+        "use https: plain http is allowed only to loopback"
+    }
+}
+
 impl fmt::Display for InsecureTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "refusing to send Propel credentials over plain HTTP to {}; use https (plain http is allowed only to loopback)",
+            "refusing to send Propel credentials over plain HTTP to {}",
             self.origin
         )
     }
@@ -354,7 +390,6 @@ struct TokenErrorInner {
     status: Option<StatusCode>,
     oauth_error: Option<String>,
     description: Option<String>,
-    field: Option<TokenRequestField>,
     retry_after: Option<Duration>,
     source: Option<BoxError>,
     /// For [`TokenErrorKind::Source`]: whether the source said trying again may help.
@@ -363,27 +398,14 @@ struct TokenErrorInner {
 
 impl TokenError {
     pub(crate) fn new(kind: TokenErrorKind) -> Self {
-        Self::build(kind, None, None, None, None, None)
-    }
-
-    pub(crate) fn build(
-        kind: TokenErrorKind,
-        status: Option<StatusCode>,
-        oauth_error: Option<String>,
-        description: Option<String>,
-        retry_after: Option<Duration>,
-        source: Option<BoxError>,
-    ) -> Self {
-        let field = guess_field(kind, description.as_deref());
         Self {
             inner: Arc::new(TokenErrorInner {
                 kind,
-                status,
-                oauth_error,
-                description,
-                field,
-                retry_after,
-                source,
+                status: None,
+                oauth_error: None,
+                description: None,
+                retry_after: None,
+                source: None,
                 transient_source: false,
             }),
         }
@@ -395,33 +417,46 @@ impl TokenError {
     /// [`is_transient`](Self::is_transient) and so background retries).
     /// Keep secrets out of `source`: it is shown by `Display` chains.
     pub fn from_source(source: impl Into<BoxError>, transient: bool) -> Self {
-        let mut err = Self::build(
-            TokenErrorKind::Source,
-            None,
-            None,
-            None,
-            None,
-            Some(source.into()),
-        );
-        Arc::get_mut(&mut err.inner)
-            .expect("not shared yet")
-            .transient_source = transient;
+        let mut err = Self::new(TokenErrorKind::Source).with_cause(source);
+        err.edit().transient_source = transient;
         err
     }
 
-    pub(crate) fn with_source(kind: TokenErrorKind, source: impl Into<BoxError>) -> Self {
-        Self::build(kind, None, None, None, None, Some(source.into()))
+    pub(crate) fn invalid_response(what: impl Into<String>) -> Self {
+        Self::new(TokenErrorKind::InvalidResponse).with_description(what)
     }
 
-    pub(crate) fn invalid_response(what: impl Into<String>) -> Self {
-        Self::build(
-            TokenErrorKind::InvalidResponse,
-            None,
-            None,
-            Some(what.into()),
-            None,
-            None,
-        )
+    /// The Token API's status.
+    pub(crate) fn with_status(mut self, status: StatusCode) -> Self {
+        self.edit().status = Some(status);
+        self
+    }
+
+    /// The RFC 6749 `error` code.
+    pub(crate) fn with_oauth_error(mut self, code: Option<String>) -> Self {
+        self.edit().oauth_error = code;
+        self
+    }
+
+    /// What went wrong in words: an `error_description`, an excerpt of the
+    /// body (redacted), or ours.
+    pub(crate) fn with_description(mut self, description: impl Into<String>) -> Self {
+        self.edit().description = Some(description.into());
+        self
+    }
+
+    pub(crate) fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
+        self.edit().retry_after = retry_after;
+        self
+    }
+
+    pub(crate) fn with_cause(mut self, cause: impl Into<BoxError>) -> Self {
+        self.edit().source = Some(cause.into());
+        self
+    }
+
+    fn edit(&mut self) -> &mut TokenErrorInner {
+        Arc::get_mut(&mut self.inner).expect("an error is completed before it is shared")
     }
 
     /// A second handle on the same error, for another waiter.
@@ -458,7 +493,7 @@ impl TokenError {
 
     /// Which request field to check, when the answer points at one.
     pub fn field(&self) -> Option<TokenRequestField> {
-        self.inner.field
+        guess_field(self.inner.kind, self.inner.description.as_deref())
     }
 
     /// The `Retry-After` the Token API sent with a 429 or 503.
@@ -482,7 +517,7 @@ impl TokenError {
 
     /// The fix Propel's docs suggest.
     pub fn hint(&self) -> &'static str {
-        match (self.inner.kind, self.inner.field) {
+        match (self.inner.kind, self.field()) {
             (_, Some(TokenRequestField::GrantType)) | (TokenErrorKind::UnsupportedGrantType, _) => {
                 "send grant_type=client_credentials"
             }
@@ -588,13 +623,13 @@ impl fmt::Display for TokenError {
         if let Some(description) = &inner.description {
             write!(f, ": {description}")?;
         }
-        if let Some(field) = inner.field {
+        if let Some(field) = self.field() {
             write!(f, "; check {field}")?;
         }
         if let Some(retry_after) = inner.retry_after {
             write!(f, "; retry after {}s", retry_after.as_secs())?;
         }
-        write!(f, "; {}", self.hint())
+        Ok(())
     }
 }
 
@@ -677,29 +712,22 @@ mod tests {
         assert!(err.is_transient());
     }
 
+    fn invalid_client(description: &str) -> TokenError {
+        TokenError::new(TokenErrorKind::InvalidClient)
+            .with_status(StatusCode::BAD_REQUEST)
+            .with_oauth_error(Some("invalid_client".into()))
+            .with_description(description)
+    }
+
     #[test]
     fn invalid_client_description_points_at_the_secret_or_the_id() {
-        let secret = TokenError::build(
-            TokenErrorKind::InvalidClient,
-            Some(StatusCode::BAD_REQUEST),
-            Some("invalid_client".into()),
-            Some("client_secret is invalid for this Application".into()),
-            None,
-            None,
-        );
+        let secret = invalid_client("client_secret is invalid for this Application");
         assert_eq!(secret.field(), Some(TokenRequestField::ClientSecret));
         assert!(
             secret.to_string().contains("check client_secret"),
             "{secret}"
         );
-        let id = TokenError::build(
-            TokenErrorKind::InvalidClient,
-            Some(StatusCode::BAD_REQUEST),
-            Some("invalid_client".into()),
-            Some("unknown client_id".into()),
-            None,
-            None,
-        );
+        let id = invalid_client("unknown client_id");
         assert_eq!(id.field(), Some(TokenRequestField::ClientId));
         assert!(id.hint().contains("must exist"));
     }
@@ -711,7 +739,7 @@ mod tests {
                 ForbiddenReason::MissingScope(Scope::DataPoolQuery),
                 "x".into(),
             )),
-            Box::new(Unauthorized::new(String::new(), true, false)),
+            Box::new(Unauthorized::new(String::new(), true, false, false)),
             Box::new(TokenError::new(TokenErrorKind::Server)),
             Box::new(InsecureTransport::new("http://example.com".into())),
             Box::new(ConfigError::empty("the Application ID")),

@@ -9,17 +9,17 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::header::AUTHORIZATION;
-use http::{HeaderValue, StatusCode};
+use http::StatusCode;
 use pin_project_lite::pin_project;
 use secrecy::{ExposeSecret, SecretString};
 use tower::{BoxError, Service};
 
-use crate::body::{forbidden_from_body, parse_error_body};
 use crate::error::{Error, Unauthorized};
+use crate::error_body::{forbidden_from_body, parse_error_body};
 use crate::layer::{Auth, Shared};
-use crate::request::{AuthRequest, AuthResponse};
+use crate::message::{AuthRequest, AuthResponse};
 use crate::stats::Counters;
-use crate::token::cache::{CachedToken, Invalidated, TokenCache, TokenWait};
+use crate::token::cache::{CachedToken, TokenCache, TokenWait};
 
 pin_project! {
     /// The response future of [`PropelAuth`](crate::PropelAuth).
@@ -29,7 +29,6 @@ pin_project! {
     {
         #[pin]
         state: State<S, Req>,
-        shared: Arc<Shared>,
     }
 }
 
@@ -39,39 +38,32 @@ pin_project! {
     where
         S: Service<Req>,
     {
-        // The request is out; on a 401 `replay` (if any) goes out again.
-        // Parked requests are boxed to keep this future small: it is moved
-        // on every request, and most requests never need them.
+        // The request is out. `sent` says what a 401 or 403 needs (nothing
+        // when the request was passed through); `replay` is a copy to send
+        // again after a 401, when the layer replays.
         Calling {
             #[pin]
             future: S::Future,
+            sent: Option<Sent>,
             replay: Option<Box<Parked<S, Req>>>,
-            attempt: Attempt,
-            keyed: Option<TokenCache>,
         },
-        // No valid token: waiting on the cache's single flight. For a first
-        // attempt the parked service is ready; for a 401 retry it is not.
+        // No usable token: waiting on the cache's single flight, holding the
+        // request and an inner service that is not ready (so no permit).
         AwaitingToken {
             wait: TokenWait,
             parked: Option<Box<Parked<S, Req>>>,
             retry: bool,
-            keyed: Option<TokenCache>,
         },
-        // A 401 retry: making the inner service ready before sending again.
-        ReadyingRetry {
+        // The token is here: making the inner service ready to send.
+        Readying {
             parked: Option<Box<Parked<S, Req>>>,
-            header: HeaderValue,
-            generation: u64,
-            keyed: Option<TokenCache>,
+            token: Arc<CachedToken>,
+            retry: bool,
         },
         // A 401 or 403: reading (a capped part of) the body for the message.
         ReadingBody {
-            future: BoxFuture<'static, Bytes>,
-            status: StatusCode,
-            retried: bool,
-            basic: bool,
-            // Secrets to remove from the server's message by value.
-            known: Vec<SecretString>,
+            body: BoxFuture<'static, Bytes>,
+            rejected: Option<Rejected>,
         },
         Failed {
             error: Option<Error>,
@@ -79,81 +71,96 @@ pin_project! {
     }
 }
 
-/// A request and the service to send it on, set aside: a copy to send again
-/// after a 401, or a request waiting for its token.
+/// How a request was authenticated: what a 401 or 403 on it needs.
+pub(crate) enum Sent {
+    Basic(Arc<Shared>),
+    Token {
+        cache: TokenCache,
+        generation: u64,
+        /// This is the layer's own second attempt, after a 401.
+        retried: bool,
+    },
+}
+
+impl Sent {
+    #[inline]
+    pub(crate) fn token(cache: TokenCache, generation: u64) -> Self {
+        Sent::Token {
+            cache,
+            generation,
+            retried: false,
+        }
+    }
+}
+
+/// A request set aside with the service to send it on and the cache its
+/// token comes from: a request waiting for its token, or a copy to send
+/// again after a 401. Boxed, to keep the common future small.
 pub(crate) struct Parked<S, Req> {
     request: Req,
     service: S,
+    cache: TokenCache,
 }
 
-/// How the request in flight is authenticated.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Attempt {
-    /// Not ours to handle: the caller's own header, or another origin.
-    PassThrough,
-    Basic,
-    /// With the token of this generation; `retried` after a 401.
-    Token {
-        generation: u64,
-        retried: bool,
-    },
+/// A 401 or 403, waiting for its body to become an error.
+pub(crate) struct Rejected {
+    status: StatusCode,
+    counters: Arc<Counters>,
+    /// Secrets to remove from the server's message by value: the
+    /// Application secret, the token sent.
+    known: Vec<SecretString>,
+    basic: bool,
+    retried: bool,
+    transient: bool,
 }
 
 impl<S, Req> ResponseFuture<S, Req>
 where
     S: Service<Req>,
 {
-    /// A request sent without a token: Basic credentials, or passed through.
+    /// Sends `request`, whose header is attached; `service` must be ready.
     #[inline]
-    pub(crate) fn calling(shared: Arc<Shared>, future: S::Future, attempt: Attempt) -> Self {
-        let state = State::Calling {
-            future,
-            replay: None,
-            attempt,
-            keyed: None,
-        };
-        Self { state, shared }
-    }
-
-    /// Sends `request` with a cached token; `service` must be ready.
-    /// `keyed` is the cache of the request's own token parameters, if any.
-    #[inline]
-    pub(crate) fn with_token(
-        shared: Arc<Shared>,
-        service: &mut S,
-        request: Req,
-        header: HeaderValue,
-        generation: u64,
-        keyed: Option<TokenCache>,
-    ) -> Self
+    pub(crate) fn sent(service: &mut S, request: Req, sent: Sent) -> Self
     where
         S: Clone,
         Req: AuthRequest,
     {
-        let state = send(&shared, service, request, header, generation, false, keyed);
-        Self { state, shared }
+        Self {
+            state: State::send(service, request, sent),
+        }
     }
 
-    /// Waits for a token, then sends `request` on `service`, which is ready.
-    pub(crate) fn awaiting_token(
-        shared: Arc<Shared>,
-        wait: TokenWait,
-        request: Req,
-        service: S,
-        keyed: Option<TokenCache>,
-    ) -> Self {
-        let state = State::AwaitingToken {
-            wait,
-            parked: Some(Box::new(Parked { request, service })),
-            retry: false,
-            keyed,
-        };
-        Self { state, shared }
+    /// A request sent without credentials.
+    #[inline]
+    pub(crate) fn passed_through(future: S::Future) -> Self {
+        Self {
+            state: State::Calling {
+                future,
+                sent: None,
+                replay: None,
+            },
+        }
     }
 
-    pub(crate) fn failed(shared: Arc<Shared>, error: Error) -> Self {
-        let state = State::Failed { error: Some(error) };
-        Self { state, shared }
+    /// Waits for `cache`'s token, then readies `service` and sends.
+    pub(crate) fn awaiting_token(cache: TokenCache, request: Req, service: S) -> Self {
+        Self {
+            state: State::AwaitingToken {
+                wait: cache.wait(),
+                parked: Some(Box::new(Parked {
+                    request,
+                    service,
+                    cache,
+                })),
+                retry: false,
+            },
+        }
+    }
+
+    pub(crate) fn failed(error: Error) -> Self {
+        Self {
+            state: State::Failed { error: Some(error) },
+        }
     }
 }
 
@@ -169,228 +176,229 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
-            match this.state.as_mut().project() {
+            let next = match this.state.as_mut().project() {
                 StateProj::Calling {
                     future,
+                    sent,
                     replay,
-                    attempt,
-                    keyed,
                 } => {
                     let response =
                         ready!(future.poll(cx)).map_err(|err| Error::Service(err.into()))?;
-                    let next = match (response.status(), *attempt) {
-                        (_, Attempt::PassThrough) => return Poll::Ready(Ok(response)),
-                        (
-                            StatusCode::UNAUTHORIZED,
-                            Attempt::Token {
-                                generation,
-                                retried: false,
-                            },
-                        ) => {
-                            let cache = token_cache(this.shared, keyed.as_ref())
-                                .expect("token attempts have a cache");
-                            // The token sent, to keep it out of the error
-                            // message, before it is dropped.
-                            let sent = cache.current_of(generation);
-                            // Drop the rejected token whether or not this
-                            // request can go again: the next one needs a new token.
-                            let invalidated = cache.invalidate(generation);
-                            match replay.take() {
-                                Some(parked) if invalidated != Invalidated::Throttled => {
-                                    State::AwaitingToken {
-                                        // The next token: there already if a concurrent
-                                        // 401 refreshed it, else the one single flight.
-                                        wait: cache.wait(),
-                                        parked: Some(parked),
-                                        retry: true,
-                                        keyed: keyed.take(),
-                                    }
-                                }
-                                _ => read_body(this.shared, sent, response, false),
-                            }
+                    match (response.status(), sent.take()) {
+                        (StatusCode::UNAUTHORIZED, Some(sent)) => {
+                            State::on_unauthorized(sent, replay.take(), response)
                         }
-                        (
-                            StatusCode::UNAUTHORIZED,
-                            Attempt::Token {
-                                retried: true,
-                                generation,
-                            },
-                        )
-                        | (StatusCode::FORBIDDEN, Attempt::Token { generation, .. }) => {
-                            let retried = response.status() == StatusCode::UNAUTHORIZED;
-                            let sent = token_cache(this.shared, keyed.as_ref())
-                                .and_then(|cache| cache.current_of(generation));
-                            read_body(this.shared, sent, response, retried)
-                        }
-                        (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, Attempt::Basic) => {
-                            read_body(this.shared, None, response, false)
-                        }
+                        (StatusCode::FORBIDDEN, Some(sent)) => State::on_forbidden(sent, response),
                         _ => return Poll::Ready(Ok(response)),
-                    };
-                    this.state.set(next);
+                    }
                 }
                 StateProj::AwaitingToken {
                     wait,
                     parked,
                     retry,
-                    keyed,
                 } => {
-                    let cached = match ready!(Pin::new(wait).poll(cx)) {
-                        Ok(cached) => cached,
-                        Err(err) => return Poll::Ready(Err(Error::Token(err))),
-                    };
-                    let (header, generation) = (cached.header.clone(), cached.generation);
-                    let next = if !*retry {
-                        let Parked {
-                            request,
-                            mut service,
-                        } = *parked.take().expect("polled after completion");
-                        send(
-                            this.shared,
-                            &mut service,
-                            request,
-                            header,
-                            generation,
-                            *retry,
-                            keyed.take(),
-                        )
-                    } else {
-                        State::ReadyingRetry {
-                            parked: parked.take(),
-                            header,
-                            generation,
-                            keyed: keyed.take(),
-                        }
-                    };
-                    this.state.set(next);
+                    let token = ready!(Pin::new(wait).poll(cx)).map_err(Error::Token)?;
+                    State::Readying {
+                        parked: parked.take(),
+                        token,
+                        retry: *retry,
+                    }
                 }
-                StateProj::ReadyingRetry {
+                StateProj::Readying {
                     parked,
-                    header,
-                    generation,
-                    keyed,
+                    token,
+                    retry,
                 } => {
                     let waiting = parked.as_mut().expect("polled after completion");
                     ready!(waiting.service.poll_ready(cx))
                         .map_err(|err| Error::Service(err.into()))?;
                     let Parked {
-                        request,
+                        mut request,
                         mut service,
+                        cache,
                     } = *parked.take().expect("polled after completion");
-                    let next = send(
-                        this.shared,
-                        &mut service,
-                        request,
-                        header.clone(),
-                        *generation,
-                        true,
-                        keyed.take(),
-                    );
-                    this.state.set(next);
-                }
-                StateProj::ReadingBody {
-                    future,
-                    status,
-                    retried,
-                    basic,
-                    known,
-                } => {
-                    let body = ready!(future.as_mut().poll(cx));
-                    let known: Vec<&str> = known.iter().map(|s| s.expose_secret()).collect();
-                    let counters = &this.shared.counters;
-                    let error = if *status == StatusCode::FORBIDDEN {
-                        Counters::bump(&counters.forbidden);
-                        let forbidden = forbidden_from_body(&body, &known);
-                        tracing::warn!(scope = ?forbidden.missing_scope(), policy = forbidden.is_policy(), "Propel answered 403");
-                        Error::Forbidden(forbidden)
-                    } else {
-                        Counters::bump(&counters.unauthorized);
-                        let message = parse_error_body(&body, &known).message.unwrap_or_default();
-                        tracing::warn!(retried = *retried, "Propel answered 401");
-                        Error::Unauthorized(Unauthorized::new(message, *retried, *basic))
+                    request
+                        .headers_mut()
+                        .insert(AUTHORIZATION, token.header.clone());
+                    if *retry {
+                        Counters::bump(&cache.config().counters.unauthorized_retries);
+                    }
+                    let sent = Sent::Token {
+                        cache,
+                        generation: token.generation,
+                        retried: *retry,
                     };
-                    return Poll::Ready(Err(error));
+                    State::send(&mut service, request, sent)
+                }
+                StateProj::ReadingBody { body, rejected } => {
+                    let body = ready!(body.as_mut().poll(cx));
+                    let rejected = rejected.take().expect("polled after completion");
+                    return Poll::Ready(Err(rejected.into_error(&body)));
                 }
                 StateProj::Failed { error } => {
                     return Poll::Ready(Err(error.take().expect("polled after completion")));
                 }
-            }
+            };
+            this.state.set(next);
         }
     }
 }
 
-/// Attaches the token's header and sends; `service` must be ready. Keeps a
-/// copy of the request to send again after a 401, unless this already is
-/// the retry.
-#[inline]
-fn send<S, Req>(
-    shared: &Shared,
-    service: &mut S,
-    mut request: Req,
-    header: HeaderValue,
-    generation: u64,
-    retried: bool,
-    keyed: Option<TokenCache>,
-) -> State<S, Req>
-where
-    S: Service<Req> + Clone,
-    Req: AuthRequest,
-{
-    let replay = if retried || !shared.replay_unauthorized {
-        None
-    } else {
-        request.try_clone().map(|copy| {
-            Box::new(Parked {
-                request: copy,
-                service: service.clone(),
-            })
-        })
-    };
-    request.headers_mut().insert(AUTHORIZATION, header);
-    if retried {
-        Counters::bump(&shared.counters.unauthorized_retries);
-    }
-    State::Calling {
-        future: service.call(request),
-        replay,
-        attempt: Attempt::Token {
-            generation,
-            retried,
-        },
-        keyed,
-    }
-}
-
-/// The cache a token attempt's token came from.
-fn token_cache<'a>(shared: &'a Shared, keyed: Option<&'a TokenCache>) -> Option<&'a TokenCache> {
-    match (&shared.auth, keyed) {
-        (_, Some(keyed)) => Some(keyed),
-        (Auth::Token(store), None) => Some(store.default_cache()),
-        (Auth::Basic(_), None) => None,
-    }
-}
-
-/// Reads the body of a 401 or 403. The Application secret and the token
-/// that was sent (when it is still cached to tell) are removed from what the
-/// server says, whatever it echoes; token-shaped text is removed anyway.
-fn read_body<S, Req>(
-    shared: &Shared,
-    sent: Option<Arc<CachedToken>>,
-    response: S::Response,
-    retried: bool,
-) -> State<S, Req>
+impl<S, Req> State<S, Req>
 where
     S: Service<Req>,
-    S::Response: AuthResponse,
 {
-    let mut known: Vec<SecretString> = shared.secret.iter().cloned().collect();
-    known.extend(sent.map(|sent| sent.token().secret().clone()));
-    State::ReadingBody {
-        status: response.status(),
-        future: response.read_body(),
-        retried,
-        basic: matches!(shared.auth, Auth::Basic(_)),
-        known,
+    /// Sends a request whose header is attached; `service` must be ready.
+    /// When the layer replays after a 401, keeps a copy first (unless this
+    /// already is the replay).
+    #[inline]
+    fn send(service: &mut S, request: Req, sent: Sent) -> Self
+    where
+        S: Clone,
+        Req: AuthRequest,
+    {
+        let replay = match &sent {
+            Sent::Token {
+                cache,
+                retried: false,
+                ..
+            } if cache.config().replay => request.try_clone().map(|mut copy| {
+                copy.headers_mut().remove(AUTHORIZATION);
+                Box::new(Parked {
+                    request: copy,
+                    service: service.clone(),
+                    cache: cache.clone(),
+                })
+            }),
+            _ => None,
+        };
+        State::Calling {
+            future: service.call(request),
+            sent: Some(sent),
+            replay,
+        }
+    }
+
+    /// A 401: drops the rejected token if it is still the cached one, then
+    /// sends the replay copy with a fresh token, or fails with
+    /// [`Error::Unauthorized`], transient when a fresh token may cure it.
+    fn on_unauthorized(
+        sent: Sent,
+        replay: Option<Box<Parked<S, Req>>>,
+        response: S::Response,
+    ) -> Self
+    where
+        S::Response: AuthResponse,
+    {
+        let (cache, generation, retried) = match sent {
+            Sent::Basic(shared) => {
+                return State::read_body(
+                    response,
+                    Rejected::basic(&shared, StatusCode::UNAUTHORIZED),
+                )
+            }
+            Sent::Token {
+                cache,
+                generation,
+                retried,
+            } => (cache, generation, retried),
+        };
+        // The token sent, to keep it out of the message, before it is dropped.
+        let sent_token = cache.current_of(generation);
+        let may_cure =
+            !retried && cache.config().renewable && cache.invalidate(generation).may_cure();
+        match replay {
+            Some(parked) if may_cure => State::AwaitingToken {
+                wait: parked.cache.wait(),
+                parked: Some(parked),
+                retry: true,
+            },
+            _ => {
+                let mut rejected = Rejected::token(&cache, sent_token, StatusCode::UNAUTHORIZED);
+                rejected.retried = retried;
+                rejected.transient = may_cure;
+                State::read_body(response, rejected)
+            }
+        }
+    }
+
+    /// A 403: read the body for the missing scope or the policy problem.
+    fn on_forbidden(sent: Sent, response: S::Response) -> Self
+    where
+        S::Response: AuthResponse,
+    {
+        let rejected = match sent {
+            Sent::Basic(shared) => Rejected::basic(&shared, StatusCode::FORBIDDEN),
+            Sent::Token {
+                cache, generation, ..
+            } => Rejected::token(&cache, cache.current_of(generation), StatusCode::FORBIDDEN),
+        };
+        State::read_body(response, rejected)
+    }
+
+    fn read_body(response: S::Response, rejected: Rejected) -> Self
+    where
+        S::Response: AuthResponse,
+    {
+        State::ReadingBody {
+            body: response.read_body(),
+            rejected: Some(rejected),
+        }
+    }
+}
+
+impl Rejected {
+    fn basic(shared: &Shared, status: StatusCode) -> Self {
+        let known = match &shared.auth {
+            Auth::Basic { secret, .. } => vec![secret.clone()],
+            Auth::Token(_) => Vec::new(),
+        };
+        Self {
+            status,
+            counters: Arc::clone(&shared.counters),
+            known,
+            basic: true,
+            retried: false,
+            transient: false,
+        }
+    }
+
+    fn token(cache: &TokenCache, sent: Option<Arc<CachedToken>>, status: StatusCode) -> Self {
+        let config = cache.config();
+        let mut known: Vec<SecretString> = config.secret.iter().cloned().collect();
+        known.extend(sent.map(|sent| sent.token.secret().clone()));
+        Self {
+            status,
+            counters: Arc::clone(&config.counters),
+            known,
+            basic: false,
+            retried: false,
+            transient: false,
+        }
+    }
+
+    fn into_error(self, body: &[u8]) -> Error {
+        let known: Vec<&str> = self.known.iter().map(|s| s.expose_secret()).collect();
+        if self.status == StatusCode::FORBIDDEN {
+            Counters::bump(&self.counters.forbidden);
+            let forbidden = forbidden_from_body(body, &known);
+            tracing::warn!(scope = ?forbidden.missing_scope(), policy = forbidden.is_policy(), "Propel answered 403");
+            Error::Forbidden(forbidden)
+        } else {
+            Counters::bump(&self.counters.unauthorized);
+            let message = parse_error_body(body, &known).message.unwrap_or_default();
+            tracing::warn!(
+                retried = self.retried,
+                transient = self.transient,
+                "Propel answered 401"
+            );
+            Error::Unauthorized(Unauthorized::new(
+                message,
+                self.retried,
+                self.basic,
+                self.transient,
+            ))
+        }
     }
 }
 

@@ -21,7 +21,7 @@
 //!
 //! let auth = PropelAuthLayer::client_credentials(credentials)
 //!     .token_url(propel.token_url())
-//!     .api_url(propel.api_url())
+//!     .allowed_origins([propel.api_url()])
 //!     .build()?;
 //! let client = ServiceBuilder::new()
 //!     .timeout(std::time::Duration::from_secs(30))
@@ -68,14 +68,14 @@
     rust_2018_idioms
 )]
 
-mod body;
 pub mod config;
 mod credentials;
 pub mod error;
+mod error_body;
 mod future;
 mod layer;
+mod message;
 mod origin;
-mod request;
 pub mod retry;
 mod scope;
 mod service;
@@ -89,19 +89,19 @@ pub mod testing;
 #[cfg(test)]
 mod proptests;
 
-pub use credentials::{Credentials, CLIENT_ID_VAR, CLIENT_SECRET_VAR};
+pub use credentials::Credentials;
 pub use error::{
     ConfigError, Error, Forbidden, ForbiddenReason, InsecureTransport, TokenError, TokenErrorKind,
     TokenRequestField, Unauthorized,
 };
 pub use future::ResponseFuture;
-pub use layer::{PropelAuthLayer, TokenLayerBuilder};
+pub use layer::{CustomSource, PropelAuthLayer, TokenLayerBuilder};
 pub use origin::DEFAULT_API_URL;
 pub use scope::Scope;
 pub use service::PropelAuth;
 pub use stats::Stats;
-pub use token::client_credentials::{ClientAuth, DEFAULT_TOKEN_URL};
-pub use token::{AccessToken, TokenParams, TokenSource};
+pub use token::client_credentials::{ClientAuth, ClientCredentials, DEFAULT_TOKEN_URL};
+pub use token::{AccessToken, Settings, TokenHttpClient, TokenParams, TokenSource};
 
 #[cfg(feature = "test-util")]
 pub use testing::FakePropel;

@@ -114,6 +114,22 @@ impl AllowedOrigins {
         }
     }
 
+    /// The origins of these URLs; fails on an empty list or a URL that is not one.
+    pub(crate) fn parse<I>(urls: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let origins = urls
+            .into_iter()
+            .map(|url| Origin::parse(url.as_ref(), "an allowed origin"))
+            .collect::<Result<Vec<_>, _>>()?;
+        if origins.is_empty() {
+            return Err(ConfigError::empty("the list of allowed origins"));
+        }
+        Ok(Self::new(origins))
+    }
+
     pub(crate) fn default_api() -> Self {
         Self::new(vec![
             Origin::parse(DEFAULT_API_URL, "the API URL").expect("the default API URL parses")

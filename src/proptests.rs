@@ -16,8 +16,8 @@ use proptest::prelude::*;
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
-use crate::body::{excerpt, forbidden_from_body, parse_error_body, Capped};
 use crate::error::{ForbiddenReason, TokenErrorKind};
+use crate::error_body::{excerpt, forbidden_from_body, parse_error_body, Capped};
 use crate::token::client_credentials::{retry_after, token_from_response};
 use crate::token::http_client::TokenHttpResponse;
 use crate::{AccessToken, Scope};
@@ -288,19 +288,19 @@ proptest! {
         prop_assert_eq!(err.description(), want.as_deref());
         prop_assert_eq!(
             err.retry_after(),
-            retry.map(|secs| Duration::from_secs(secs.min(24 * 3600)))
+            retry.map(|secs| Duration::from_secs(secs.min(60)))
         );
     }
 
     // --- Retry-After -------------------------------------------------------
 
     #[test]
-    fn retry_after_reads_whole_seconds_capped_at_a_day(secs in any::<u64>(), pad in "[ \t]{0,3}") {
+    fn retry_after_reads_whole_seconds_capped_at_a_minute(secs in any::<u64>(), pad in "[ \t]{0,3}") {
         let mut headers = HeaderMap::new();
         headers.insert(RETRY_AFTER, HeaderValue::from_str(&format!("{pad}{secs}{pad}")).unwrap());
         prop_assert_eq!(
             retry_after(&headers),
-            Some(Duration::from_secs(secs.min(24 * 3600)))
+            Some(Duration::from_secs(secs.min(60)))
         );
     }
 
@@ -317,7 +317,7 @@ proptest! {
         headers.insert(RETRY_AFTER, value);
         prop_assert_eq!(
             retry_after(&headers),
-            whole_seconds.map(|secs| Duration::from_secs(secs.min(24 * 3600)))
+            whole_seconds.map(|secs| Duration::from_secs(secs.min(60)))
         );
     }
 

@@ -3,10 +3,12 @@
 //! [`TransientErrors`] retries a request whose error [`Error::is_transient`]
 //! says may pass (a Token API outage, rate limit or timeout, a failed
 //! connection, a `tower::timeout` that elapsed), with tower's jittered
-//! exponential backoff and a bounded number of attempts. It never retries a
-//! 403, a 401 that a fresh token did not cure, a Token API 4xx or insecure
-//! transport: those need a change of configuration. Responses (whatever their
-//! status) are never retried.
+//! exponential backoff and a bounded number of attempts. A 401 whose token
+//! the layer dropped is retried at once: the next attempt carries a fresh
+//! token, already being fetched. It never retries a 403, a 401 that a fresh
+//! token did not cure, a Token API 4xx or insecure transport: those need a
+//! change of configuration. Responses (whatever their status) are never
+//! retried.
 //!
 //! Put it outside [`PropelAuthLayer`](crate::PropelAuthLayer), so that each
 //! attempt gets the current token:
@@ -39,7 +41,7 @@ use tower::retry::Policy;
 use tower::util::rng::HasherRng;
 use tower::BoxError;
 
-use crate::request::AuthRequest;
+use crate::message::AuthRequest;
 use crate::Error;
 
 /// Retries transient errors with jittered exponential backoff, at most
@@ -57,9 +59,6 @@ pub struct TransientErrors {
     /// Made at the first retry of a request.
     backoff: Option<ExponentialBackoff>,
 }
-
-/// The most a `Retry-After` delays a retry.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 impl TransientErrors {
     /// At most `max_retries` retries, waiting 500 ms, 1 s, 2 s … (at most
@@ -91,21 +90,21 @@ impl TransientErrors {
         })
     }
 
-    fn next(
-        &mut self,
-        transient: bool,
-        retry_after: Option<Duration>,
-    ) -> Option<Pin<Box<tokio::time::Sleep>>> {
-        if !transient || self.retries_left == 0 {
+    fn next(&mut self, err: &impl RetryError) -> Option<Pin<Box<tokio::time::Sleep>>> {
+        if !err.is_transient() || self.retries_left == 0 {
             return None;
         }
         self.retries_left -= 1;
+        if err.needs_new_token() {
+            return Some(Box::pin(tokio::time::sleep(Duration::ZERO)));
+        }
+        let retry_after = err.retry_after();
         let backoff = self.backoff.get_or_insert_with(|| {
             make_backoff(self.min, self.max).expect("checked when the policy was made")
         });
         let mut sleep = Box::pin(backoff.next_backoff());
         if let Some(after) = retry_after {
-            let not_before = tokio::time::Instant::now() + after.min(MAX_RETRY_AFTER);
+            let not_before = tokio::time::Instant::now() + after;
             if sleep.deadline() < not_before {
                 sleep.as_mut().reset(not_before);
             }
@@ -142,11 +141,28 @@ pub fn is_transient(err: &BoxError) -> bool {
     err.is::<tower::timeout::error::Elapsed>()
 }
 
-/// A request the policy can copy for another attempt.
-pub trait RetryRequest: Sized {
-    /// A copy, when the body can be replayed.
-    fn try_clone_request(&self) -> Option<Self>;
+/// What the policy needs of requests and errors, for the types it serves:
+/// `http::Request` and `reqwest::Request`; this crate's [`Error`] and the
+/// [`BoxError`] of a stack of tower layers around it. Sealed.
+mod sealed {
+    use std::time::Duration;
+
+    #[allow(unreachable_pub)]
+    pub trait RetryRequest: Sized {
+        /// A copy, when the body can be replayed.
+        fn try_clone_request(&self) -> Option<Self>;
+    }
+
+    #[allow(unreachable_pub)]
+    pub trait RetryError {
+        fn is_transient(&self) -> bool;
+        fn retry_after(&self) -> Option<Duration>;
+        /// A 401 whose token was dropped: a fresh token cures it, no wait helps.
+        fn needs_new_token(&self) -> bool;
+    }
 }
+
+use sealed::{RetryError, RetryRequest};
 
 impl<B: 'static> RetryRequest for http::Request<B> {
     fn try_clone_request(&self) -> Option<Self> {
@@ -161,15 +177,6 @@ impl RetryRequest for reqwest::Request {
     }
 }
 
-/// An error the policy can judge: this crate's [`Error`], or the
-/// [`BoxError`] of a stack of tower layers around it.
-pub trait RetryError {
-    /// Whether trying again later may help.
-    fn is_transient(&self) -> bool;
-    /// How long the server asked to wait first, if it said.
-    fn retry_after(&self) -> Option<Duration>;
-}
-
 impl RetryError for Error {
     fn is_transient(&self) -> bool {
         Error::is_transient(self)
@@ -177,6 +184,10 @@ impl RetryError for Error {
 
     fn retry_after(&self) -> Option<Duration> {
         Error::retry_after(self)
+    }
+
+    fn needs_new_token(&self) -> bool {
+        matches!(self, Error::Unauthorized(_))
     }
 }
 
@@ -188,6 +199,11 @@ impl RetryError for BoxError {
     fn retry_after(&self) -> Option<Duration> {
         self.downcast_ref::<Error>().and_then(Error::retry_after)
     }
+
+    fn needs_new_token(&self) -> bool {
+        self.downcast_ref::<Error>()
+            .is_some_and(RetryError::needs_new_token)
+    }
 }
 
 impl<Req: RetryRequest, Res, E: RetryError> Policy<Req, Res, E> for TransientErrors {
@@ -195,7 +211,7 @@ impl<Req: RetryRequest, Res, E: RetryError> Policy<Req, Res, E> for TransientErr
 
     fn retry(&mut self, _request: &mut Req, result: &mut Result<Res, E>) -> Option<Self::Future> {
         match result {
-            Err(err) => self.next(err.is_transient(), err.retry_after()),
+            Err(err) => self.next(err),
             Ok(_) => None,
         }
     }
@@ -250,7 +266,7 @@ mod tests {
     async fn what_needs_a_change_of_configuration_is_never_retried() {
         let mut policy = TransientErrors::new(3);
         let mut request = http::Request::new(String::new());
-        let forbidden = crate::body::forbidden_from_body(b"lacks the admin scope", &[]);
+        let forbidden = crate::error_body::forbidden_from_body(b"lacks the admin scope", &[]);
         let mut result: Result<(), Error> = Err(Error::Forbidden(forbidden));
         assert!(Policy::<_, (), Error>::retry(&mut policy, &mut request, &mut result).is_none());
         let mut result: Result<(), Error> = Err(Error::Token(crate::TokenError::new(

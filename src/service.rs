@@ -1,45 +1,114 @@
-//! [`PropelAuth`]: the service. `poll_ready` passes through; `call` attaches
-//! credentials.
+//! [`PropelAuth`]: the service. `poll_ready` passes through; `call` makes one
+//! lookup, attaches what it found and starts the response future.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
-use http::header::AUTHORIZATION;
+use http::header::{Entry, AUTHORIZATION};
+use http::HeaderValue;
 use tower::{BoxError, Service};
 
 use crate::error::{Error, InsecureTransport};
-use crate::future::{Attempt, ResponseFuture};
+use crate::future::{ResponseFuture, Sent};
 use crate::layer::{Auth, Shared};
+use crate::message::{AuthRequest, AuthResponse};
 use crate::origin::Decision;
-use crate::request::{AuthRequest, AuthResponse};
-use crate::token::cache::CacheHandle;
+use crate::token::cache::{CachedToken, TokenCache};
+use crate::token::store::TokenStore;
 
 /// Adds Propel credentials to the requests of an inner HTTP service.
 ///
 /// Made by [`PropelAuthLayer`](crate::PropelAuthLayer). Works over services of
 /// `http::Request<B>` → `http::Response<RB>` (hyper-util's client, tower-http
-/// stacks) and, with the `reqwest` feature, over `reqwest::Client`.
+/// stacks) and, with the `reqwest` feature, over `reqwest::Client`. Its
+/// errors are [`Error`]s.
 ///
-/// A 401 on a request that carried a token drops that token (if it is still
-/// the cached one), and the request goes out once more with a fresh token when
-/// its body can be replayed (`Full<Bytes>`, `Bytes`, `String`, `Vec<u8>`,
-/// `Empty`, `&'static str`, or a reqwest body that `try_clone` can copy).
+/// ```
+/// use std::convert::Infallible;
+/// use tower::{Layer, ServiceExt};
+/// use tower_propel_auth::{Credentials, PropelAuthLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let layer = PropelAuthLayer::basic(Credentials::new("APP01ID", "secret")?);
+/// // Any tower HTTP service; this one answers with the header it was sent.
+/// let echo = tower::service_fn(|request: http::Request<String>| async move {
+///     let authorization = request.headers()["authorization"].to_str().unwrap().to_owned();
+///     Ok::<_, Infallible>(http::Response::new(authorization))
+/// });
+/// let request = http::Request::post("https://api.us-east-2.propeldata.com/graphql")
+///     .body(String::new())?;
+/// let response = layer.layer(echo).oneshot(request).await?;
+/// assert_eq!(response.body(), "Basic QVBQMDFJRDpzZWNyZXQ=");
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct PropelAuth<S> {
     inner: S,
     shared: Arc<Shared>,
-    /// This service's view of the default token cache, made at its first
-    /// token request.
-    token: Option<CacheHandle>,
+    attach: Attach,
+}
+
+/// This service's side of the layer's credentials.
+#[derive(Clone)]
+enum Attach {
+    Basic(HeaderValue),
+    Token {
+        store: Arc<TokenStore>,
+        default: DefaultToken,
+    },
+}
+
+/// The default cache's current token, revalidated with one relaxed atomic
+/// load of the shared pointer (arc-swap's `Cache`): no reference counting
+/// while the token is unchanged.
+#[derive(Clone)]
+struct DefaultToken {
+    cache: TokenCache,
+    current: arc_swap::Cache<Current, Option<Arc<CachedToken>>>,
+}
+
+/// Lets arc-swap's `Cache` reach the default cache's token.
+#[derive(Clone)]
+struct Current(TokenCache);
+
+impl std::ops::Deref for Current {
+    type Target = arc_swap::ArcSwapOption<CachedToken>;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.current_slot()
+    }
+}
+
+/// What a request gets, decided once.
+enum Lookup {
+    /// Not ours to touch: another origin, or the caller's own `Authorization`.
+    PassThrough,
+    /// An allowed host over plain HTTP: nothing is sent.
+    Insecure(String),
+    /// The header is attached; this is what a 401 or 403 will need.
+    Attached(Sent),
+    /// No usable token yet: wait for this cache's.
+    Wait(TokenCache),
 }
 
 impl<S> PropelAuth<S> {
     pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        let attach = match &shared.auth {
+            Auth::Basic { header, .. } => Attach::Basic(header.clone()),
+            Auth::Token(store) => {
+                let cache = store.default_cache().clone();
+                let current = arc_swap::Cache::new(Current(cache.clone()));
+                Attach::Token {
+                    store: Arc::clone(store),
+                    default: DefaultToken { cache, current },
+                }
+            }
+        };
         Self {
             inner,
             shared,
-            token: None,
+            attach,
         }
     }
 
@@ -59,8 +128,8 @@ impl<S> PropelAuth<S> {
     }
 
     #[cfg(test)]
-    pub(crate) fn shared(&self) -> Arc<Shared> {
-        Arc::clone(&self.shared)
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     fn start<Req>(&mut self, mut request: Req) -> ResponseFuture<S, Req>
@@ -68,70 +137,72 @@ impl<S> PropelAuth<S> {
         S: Service<Req> + Clone,
         Req: AuthRequest,
     {
-        let shared = Arc::clone(&self.shared);
-        let decision = if request.headers().contains_key(AUTHORIZATION) {
-            // The caller chose its own credentials: not ours to touch.
-            Decision::PassThrough
-        } else {
-            request.decide(&shared.origins)
-        };
-        match decision {
-            Decision::Attach => {}
-            Decision::PassThrough => {
-                let future = self.inner.call(request);
-                return ResponseFuture::calling(shared, future, Attempt::PassThrough);
+        match self.lookup(&mut request) {
+            Lookup::Attached(sent) => ResponseFuture::sent(&mut self.inner, request, sent),
+            Lookup::PassThrough => ResponseFuture::passed_through(self.inner.call(request)),
+            Lookup::Insecure(origin) => {
+                ResponseFuture::failed(Error::InsecureTransport(InsecureTransport::new(origin)))
             }
-            Decision::Insecure(origin) => {
-                return ResponseFuture::failed(
-                    shared,
-                    Error::InsecureTransport(InsecureTransport::new(origin)),
-                );
-            }
-        }
-        match &shared.auth {
-            Auth::Basic(header) => {
-                request.headers_mut().insert(AUTHORIZATION, header.clone());
-                let future = self.inner.call(request);
-                ResponseFuture::calling(shared, future, Attempt::Basic)
-            }
-            Auth::Token(store) => {
-                // Requests with token parameters of their own use the cache
-                // for those; the rest use this service's handle on the default.
-                let keyed = match request.token_params() {
-                    None => None,
-                    Some(params) => match store.cache_for(Some(params)) {
-                        Cow::Owned(keyed) => Some(keyed),
-                        Cow::Borrowed(_) => None,
-                    },
-                };
-                let cached = match &keyed {
-                    Some(keyed) => keyed.cached(),
-                    None => self
-                        .token
-                        .get_or_insert_with(|| store.default_cache().handle())
-                        .cached(),
-                };
-                match cached {
-                    Some((header, generation)) => ResponseFuture::with_token(
-                        shared,
-                        &mut self.inner,
-                        request,
-                        header,
-                        generation,
-                        keyed,
-                    ),
-                    None => {
-                        let wait = keyed.as_ref().unwrap_or(store.default_cache()).wait();
-                        // The future waits for the token and then calls the
-                        // service that was made ready; leave a clone behind.
-                        let clone = self.inner.clone();
-                        let service = std::mem::replace(&mut self.inner, clone);
-                        ResponseFuture::awaiting_token(shared, wait, request, service, keyed)
-                    }
-                }
+            Lookup::Wait(cache) => {
+                // Give back what `poll_ready` reserved (a concurrency permit,
+                // a buffer slot) while the request waits: the future readies
+                // a clone once the token is here.
+                let unready = self.inner.clone();
+                drop(std::mem::replace(&mut self.inner, unready.clone()));
+                ResponseFuture::awaiting_token(cache, request, unready)
             }
         }
     }
+
+    /// Where the request goes, whether the caller set its own header, which
+    /// cache serves it and whether that cache's token is usable: one pass,
+    /// one hash of the header map for the check and the insert.
+    #[inline]
+    fn lookup<Req: AuthRequest>(&mut self, request: &mut Req) -> Lookup {
+        match request.decide(&self.shared.origins) {
+            Decision::Attach => {}
+            Decision::PassThrough => return Lookup::PassThrough,
+            Decision::Insecure(origin) => return Lookup::Insecure(origin),
+        }
+        let keyed = match &self.attach {
+            Attach::Token { store, .. } => keyed_cache(store, request),
+            Attach::Basic(_) => None,
+        };
+        let Entry::Vacant(slot) = request.headers_mut().entry(AUTHORIZATION) else {
+            // The caller chose its own credentials.
+            return Lookup::PassThrough;
+        };
+        let (header, sent) = match (&mut self.attach, keyed) {
+            (Attach::Basic(header), _) => (header.clone(), Sent::Basic(Arc::clone(&self.shared))),
+            (Attach::Token { .. }, Some(cache)) => match cache.cached() {
+                Some((header, generation)) => (header, Sent::token(cache, generation)),
+                None => return Lookup::Wait(cache),
+            },
+            (Attach::Token { default, .. }, None) => match default.cached() {
+                Some((header, generation)) => {
+                    (header, Sent::token(default.cache.clone(), generation))
+                }
+                None => return Lookup::Wait(default.cache.clone()),
+            },
+        };
+        slot.insert(header);
+        Lookup::Attached(sent)
+    }
+}
+
+impl DefaultToken {
+    #[inline]
+    fn cached(&mut self) -> Option<(HeaderValue, u64)> {
+        let token = self.current.load().as_deref()?;
+        self.cache.check(token)
+    }
+}
+
+/// The cache of the token parameters a request carries, if they are not the
+/// layer's defaults.
+#[inline]
+fn keyed_cache<Req: AuthRequest>(store: &TokenStore, request: &Req) -> Option<TokenCache> {
+    store.keyed(request.token_params()?)
 }
 
 impl<S, B, RB> Service<http::Request<B>> for PropelAuth<S>

@@ -3,7 +3,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::HeaderValue;
 use secrecy::SecretString;
-use tokio::time::Instant;
 
 use super::jwt;
 use crate::error::{TokenError, TokenErrorKind};
@@ -36,7 +35,9 @@ pub(crate) const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
 pub struct AccessToken {
     token: SecretString,
     header: HeaderValue,
-    expires_at: Instant,
+    /// Wall-clock time, like the server's `exp`: it keeps counting while the
+    /// host is suspended.
+    expires_at: SystemTime,
     lifetime: Duration,
 }
 
@@ -101,7 +102,7 @@ impl AccessToken {
         Ok(Self {
             token: SecretString::from(token),
             header,
-            expires_at: Instant::now() + lifetime,
+            expires_at: SystemTime::now() + lifetime,
             lifetime,
         })
     }
@@ -111,14 +112,16 @@ impl AccessToken {
         &self.token
     }
 
-    /// When the token expires (tokio's clock).
-    pub fn expires_at(&self) -> Instant {
+    /// When the token expires, by the wall clock.
+    pub fn expires_at(&self) -> SystemTime {
         self.expires_at
     }
 
     /// How long the token has left.
     pub fn expires_in(&self) -> Duration {
-        self.expires_at.saturating_duration_since(Instant::now())
+        self.expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
     }
 
     /// The lifetime it was issued with (after clamping).
@@ -128,7 +131,7 @@ impl AccessToken {
 
     /// Whether it has expired.
     pub fn is_expired(&self) -> bool {
-        Instant::now() >= self.expires_at
+        SystemTime::now() >= self.expires_at
     }
 
     /// `Authorization: Bearer <token>`, marked sensitive.

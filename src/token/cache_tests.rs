@@ -1,19 +1,28 @@
 //! The cache's promises, driven through the layer over an in-memory inner
-//! service, on paused tokio time.
+//! service, on paused tokio time and a test clock that follows it (or is
+//! moved by hand, with no task running).
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt as _;
 use http::Request;
-use http_body_util::Full;
-use tower::ServiceExt;
+use http_body_util::{BodyExt as _, Full};
+use tower::{Service, ServiceExt};
 
+use crate::token::clock::TestClock;
 use crate::token::test_source::{
-    layer, polls_pending, send, send_concurrently, send_unreplayable, Api, ScriptedSource, Step,
-    HOUR,
+    layer, layer_with, polls_pending, replaying_layer, request, send, send_concurrently,
+    send_unreplayable, Api, ScriptedSource, Step, HOUR,
 };
-use crate::{Error, PropelAuthLayer, TokenErrorKind};
+use crate::{
+    AccessToken, Error, PropelAuthLayer, Settings, TokenError, TokenErrorKind, TokenParams,
+    TokenSource,
+};
 
 #[tokio::test(start_paused = true)]
 async fn ten_thousand_concurrent_requests_on_an_empty_cache_make_one_token_request() {
@@ -97,6 +106,11 @@ async fn a_token_is_refreshed_ahead_and_nobody_waits_while_it_is_valid() {
     // Requests during the 2 s refresh keep using token1 without waiting.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(send(&service).await.unwrap(), "Bearer token1");
+    assert_eq!(
+        source.calls(),
+        2,
+        "one refresh, however many readers are past the point"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(send(&service).await.unwrap(), "Bearer token2");
 
@@ -109,6 +123,52 @@ async fn a_token_is_refreshed_ahead_and_nobody_waits_while_it_is_valid() {
         fetched_at.elapsed() < Duration::from_secs(75),
         "all within token1's usable life"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_past_its_stale_point_is_never_attached_though_no_task_ran() {
+    let source = ScriptedSource::tokens(Duration::ZERO, HOUR);
+    let (layer, clock) = layer_with(&source, Settings::default(), false);
+    let mut service = layer.layer_over(Api::default());
+    assert_eq!(send(&service).await.unwrap(), "Bearer token1");
+
+    // An hour passes on the wall clock while nothing runs: no task, no
+    // timer, no await (a suspended host, a runtime nobody drove).
+    clock.advance(HOUR);
+    let mut response = Box::pin(
+        ServiceExt::<Request<Full<Bytes>>>::ready(&mut service)
+            .now_or_never()
+            .expect("the inner service is always ready")
+            .unwrap()
+            .call(request()),
+    );
+    // The request does not go out with token1: it waits for a fresh token.
+    assert!(polls_pending(response.as_mut()).await);
+    assert_eq!(layer.stats().waited_for_token, 2);
+    let body = response.await.unwrap().into_body().collect().await.unwrap();
+    assert_eq!(&body.to_bytes()[..], b"Bearer token2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_outlives_the_runtime_that_fetched_it() {
+    let source = ScriptedSource::tokens(Duration::ZERO, HOUR);
+    let layer = layer(&source);
+    let service = layer.layer_over(Api::default());
+    let second_runtime = std::thread::spawn({
+        let service = service.clone();
+        move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(send(&service)).unwrap()
+        }
+    });
+    // Its deadlines are data, not a timer on a runtime: nothing is lost
+    // when that runtime goes.
+    assert_eq!(second_runtime.join().unwrap(), "Bearer token1");
+    assert_eq!(send(&service).await.unwrap(), "Bearer token1");
+    assert_eq!(source.calls(), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -126,9 +186,10 @@ async fn a_failed_background_refresh_keeps_the_old_token_and_backs_off() {
     // An hour-long token: usable 3570 s, due by 80% of that.
     tokio::time::sleep(Duration::from_secs(2857)).await;
     assert_eq!(send(&service).await.unwrap(), "Bearer token1");
-    // Let the failed attempts and their backoff play out: 500 ms base, doubling.
-    for _ in 0..60 {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    // A request every 10 ms: each retry starts with the first reader after
+    // its backoff (500 ms base, doubling), and no task sleeps through it.
+    for _ in 0..1000 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
         let header = send(&service).await.unwrap();
         if source.calls() < 6 {
             assert_eq!(header, "Bearer token1", "the old token keeps serving");
@@ -138,17 +199,34 @@ async fn a_failed_background_refresh_keeps_the_old_token_and_backs_off() {
     let times = source.call_times();
     assert_eq!(times.len(), 6);
     let gaps: Vec<Duration> = times[1..].windows(2).map(|w| w[1] - w[0]).collect();
-    // Equal jitter: attempt n waits between half and all of 500 ms × 2^(n-1).
+    // Equal jitter: try n waits between half and all of 500 ms × 2^(n-1),
+    // plus up to one 10 ms request interval for a reader to come.
     for (n, gap) in gaps.iter().enumerate() {
         let full = Duration::from_millis(500) * (1 << n);
         assert!(
-            *gap >= full / 2 && *gap <= full,
+            *gap >= full / 2 && *gap <= full + Duration::from_millis(20),
             "gap {n}: {gap:?} not in [{:?}, {full:?}]",
             full / 2
         );
     }
     assert_eq!(layer.stats().waited_for_token, 1);
     assert_eq!(layer.stats().token_failures, 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_task_lives_between_token_requests() {
+    let source = ScriptedSource::tokens(Duration::from_millis(10), HOUR);
+    let layer = layer(&source);
+    let service = layer.layer_over(Api::default());
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let before = metrics.num_alive_tasks();
+    send(&service).await.unwrap();
+    tokio::task::yield_now().await;
+    assert_eq!(
+        metrics.num_alive_tasks(),
+        before,
+        "the fetch task ended with its request; no timer waits for the deadlines"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -161,8 +239,10 @@ async fn a_client_error_in_the_background_is_not_retried() {
     send(&service).await.unwrap();
     tokio::time::sleep(Duration::from_secs(2857)).await;
     send(&service).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(600)).await;
-    assert_eq!(send(&service).await.unwrap(), "Bearer token1");
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(send(&service).await.unwrap(), "Bearer token1");
+    }
     assert_eq!(
         source.calls(),
         2,
@@ -213,10 +293,9 @@ async fn waiters_of_a_failed_fetch_share_one_error_then_fail_fast_during_the_coo
 #[tokio::test(start_paused = true)]
 async fn a_token_request_that_never_answers_times_out() {
     let source = ScriptedSource::new(Duration::ZERO, Step::Hang);
-    let layer = PropelAuthLayer::token_source(source.clone())
-        .fetch_timeout(Duration::from_secs(3))
-        .build()
-        .unwrap();
+    let mut settings = Settings::default();
+    settings.fetch_timeout = Duration::from_secs(3);
+    let (layer, _) = layer_with(&source, settings, false);
     let service = layer.layer_over(Api::default());
     let started = tokio::time::Instant::now();
     match send(&service).await {
@@ -233,11 +312,10 @@ async fn a_token_request_that_never_answers_times_out() {
 async fn a_stale_token_is_not_used_and_the_next_request_waits_for_a_new_one() {
     // A 40 s token is stale at 30 s (margin: a quarter of the lifetime).
     let source = ScriptedSource::tokens(Duration::from_secs(1), Duration::from_secs(40));
-    let layer = PropelAuthLayer::token_source(source.clone())
-        .refresh_at(1.0)
-        .refresh_jitter(0.0)
-        .build()
-        .unwrap();
+    let mut settings = Settings::default();
+    settings.refresh_at = 1.0;
+    settings.refresh_jitter = 0.0;
+    let (layer, _) = layer_with(&source, settings, false);
     let service = layer.layer_over(Api::default());
     assert_eq!(send(&service).await.unwrap(), "Bearer token1");
     tokio::time::sleep(Duration::from_secs(31)).await;
@@ -246,9 +324,9 @@ async fn a_stale_token_is_not_used_and_the_next_request_waits_for_a_new_one() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn fifty_concurrent_401s_on_one_token_cause_one_refresh_and_fifty_retries() {
+async fn fifty_concurrent_401s_on_one_token_cause_one_refresh_and_fifty_replays() {
     let source = ScriptedSource::tokens(Duration::from_millis(10), HOUR);
-    let layer = layer(&source);
+    let layer = replaying_layer(&source);
     // The API answers after 5 ms, so all fifty are out with token1 before
     // the first 401 comes back.
     let api = Api::with_latency(Duration::from_millis(5));
@@ -265,15 +343,55 @@ async fn fifty_concurrent_401s_on_one_token_cause_one_refresh_and_fifty_retries(
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_second_401_is_unauthorized() {
+async fn without_replay_a_401_is_a_transient_unauthorized_and_the_next_attempt_gets_a_fresh_token()
+{
+    let source = ScriptedSource::tokens(Duration::ZERO, HOUR);
+    let layer = layer(&source);
+    let api = Api::default();
+    let service = layer.layer_over(api.clone());
+    assert_eq!(send(&service).await.unwrap(), "Bearer token1");
+    api.reject("Bearer token1");
+    match send(&service).await {
+        Err(Error::Unauthorized(err)) => {
+            assert!(err.is_transient(), "a fresh token may cure it");
+            assert!(!err.retried());
+        }
+        other => panic!("expected Unauthorized, got {other:?}"),
+    }
+    assert_eq!(api.calls(), 2, "the layer sent no copy of its own");
+    assert_eq!(send(&service).await.unwrap(), "Bearer token2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_401_within_the_cooldown_is_final() {
     let source = ScriptedSource::tokens(Duration::ZERO, HOUR);
     let layer = layer(&source);
     let api = Api::default();
     let service = layer.layer_over(api.clone());
     api.reject("Bearer token1");
     api.reject("Bearer token2");
+    let first = send(&service).await.unwrap_err();
+    assert!(first.is_transient());
+    // The retry a retry layer would send: a fresh token, rejected too.
+    let second = send(&service).await.unwrap_err();
+    assert!(
+        matches!(&second, Error::Unauthorized(err) if !err.is_transient()),
+        "{second:?}"
+    );
+    assert_eq!(source.calls(), 2);
+    assert_eq!(layer.stats().unauthorized, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_layers_own_replay_gets_one_second_chance() {
+    let source = ScriptedSource::tokens(Duration::ZERO, HOUR);
+    let layer = replaying_layer(&source);
+    let api = Api::default();
+    let service = layer.layer_over(api.clone());
+    api.reject("Bearer token1");
+    api.reject("Bearer token2");
     match send(&service).await {
-        Err(Error::Unauthorized(err)) => assert!(err.retried()),
+        Err(Error::Unauthorized(err)) => assert!(err.retried() && !err.is_transient()),
         other => panic!("expected Unauthorized, got {other:?}"),
     }
     assert_eq!(api.calls(), 2);
@@ -284,13 +402,13 @@ async fn a_second_401_is_unauthorized() {
 #[tokio::test(start_paused = true)]
 async fn a_request_that_cannot_be_replayed_is_unauthorized_without_a_retry() {
     let source = ScriptedSource::tokens(Duration::ZERO, HOUR);
-    let layer = layer(&source);
+    let layer = replaying_layer(&source);
     let api = Api::default();
     let mut service = layer.layer_over(api.clone());
     api.reject("Bearer token1");
     let response = send_unreplayable(&mut service).await;
     match response {
-        Err(Error::Unauthorized(err)) => assert!(!err.retried()),
+        Err(Error::Unauthorized(err)) => assert!(!err.retried() && err.is_transient()),
         other => panic!("expected Unauthorized, got {other:?}"),
     }
     assert_eq!(api.calls(), 1);
@@ -300,7 +418,7 @@ async fn a_request_that_cannot_be_replayed_is_unauthorized_without_a_retry() {
 #[tokio::test(start_paused = true)]
 async fn a_server_rejecting_every_token_cannot_cause_a_refresh_storm() {
     let source = ScriptedSource::tokens(Duration::ZERO, HOUR);
-    let layer = layer(&source);
+    let layer = replaying_layer(&source);
     let api = Api::default();
     let service = layer.layer_over(api.clone());
     for n in 1..=100 {
@@ -317,11 +435,13 @@ async fn a_server_rejecting_every_token_cannot_cause_a_refresh_storm() {
 
 #[tokio::test(start_paused = true)]
 async fn an_expired_bearer_token_fails_with_a_typed_error() {
-    let token = crate::AccessToken::new("minted-elsewhere", Duration::from_secs(60)).unwrap();
-    let layer = PropelAuthLayer::bearer(token);
+    let token = AccessToken::new("minted-elsewhere", Duration::from_secs(60)).unwrap();
+    let clock = TestClock::new();
+    let layer = PropelAuthLayer::bearer_with_clock(token, clock.clock());
     let service = layer.layer_over(Api::default());
     assert_eq!(send(&service).await.unwrap(), "Bearer minted-elsewhere");
-    tokio::time::sleep(Duration::from_secs(61)).await;
+    // Stale 15 s before it expires (a quarter of its lifetime).
+    tokio::time::sleep(Duration::from_secs(46)).await;
     match send(&service).await {
         Err(Error::Token(err)) => assert_eq!(err.kind(), TokenErrorKind::Expired),
         other => panic!("expected Expired, got {other:?}"),
@@ -329,14 +449,30 @@ async fn an_expired_bearer_token_fails_with_a_typed_error() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_401_during_background_backoff_retries_at_once_instead_of_waiting_it_out() {
+async fn a_bearer_tokens_401_is_final_and_keeps_the_token() {
+    let token = AccessToken::new("minted-elsewhere", HOUR).unwrap();
+    let layer = PropelAuthLayer::bearer(token);
+    let api = Api::default();
+    let service = layer.layer_over(api.clone());
+    api.reject("Bearer minted-elsewhere");
+    let err = send(&service).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Unauthorized(e) if !e.is_transient()),
+        "{err:?}"
+    );
+    api.rejected.lock().unwrap().clear();
+    assert_eq!(send(&service).await.unwrap(), "Bearer minted-elsewhere");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_401_during_background_backoff_fetches_at_once_instead_of_waiting_it_out() {
     let source = ScriptedSource::tokens(Duration::ZERO, HOUR)
         .then(Step::Token(HOUR))
         .then(Step::Fail(TokenErrorKind::Server));
-    let layer = PropelAuthLayer::token_source(source.clone())
-        .backoff(Duration::from_secs(20), Duration::from_secs(60))
-        .build()
-        .unwrap();
+    let mut settings = Settings::default();
+    settings.backoff_base = Duration::from_secs(20);
+    settings.backoff_max = Duration::from_secs(60);
+    let (layer, _) = layer_with(&source, settings, true);
     let api = Api::default();
     let service = layer.layer_over(api.clone());
     send(&service).await.unwrap();
@@ -405,7 +541,7 @@ async fn a_token_source_that_panics_fails_its_waiters_and_cools_down() {
         match result {
             Err(Error::Token(err)) => {
                 assert_eq!(err.kind(), TokenErrorKind::Source);
-                assert!(!err.is_transient());
+                assert!(!err.is_transient(), "a bug, not bad luck");
             }
             other => panic!("expected a token error, got {other:?}"),
         }
@@ -418,9 +554,11 @@ async fn a_token_source_that_panics_fails_its_waiters_and_cools_down() {
 }
 
 #[test]
-fn a_token_whose_runtime_is_gone_is_not_used_again() {
-    let source = ScriptedSource::tokens(Duration::ZERO, HOUR);
-    let layer = layer(&source);
+fn a_flight_abandoned_by_its_runtime_is_a_transient_error_and_the_next_request_fetches_again() {
+    let source = ScriptedSource::new(Duration::ZERO, Step::Hang);
+    let layer = PropelAuthLayer::token_source(source.clone())
+        .build()
+        .unwrap();
     let service = layer.layer_over(Api::default());
     let runtime = || {
         tokio::runtime::Builder::new_current_thread()
@@ -429,15 +567,37 @@ fn a_token_whose_runtime_is_gone_is_not_used_again() {
             .unwrap()
     };
 
-    let first = runtime();
-    assert_eq!(first.block_on(send(&service)).unwrap(), "Bearer token1");
-    // Its timer lived on that runtime: with it gone, nothing would mark the
-    // token stale, so it must not stay in use.
-    drop(first);
+    // The fetch runs on runtime A; a request on runtime B (another thread) joins it.
+    let a = runtime();
+    let mut first = a.block_on(async {
+        let mut first = Box::pin(send(&service));
+        assert!(polls_pending(first.as_mut()).await);
+        while source.calls() == 0 {
+            tokio::task::yield_now().await; // the fetch task is in its token request
+        }
+        first
+    });
+    let waiter = std::thread::spawn({
+        let service = service.clone();
+        move || runtime().block_on(send(&service))
+    });
+    while layer.stats().waited_for_token < 2 {
+        std::thread::yield_now();
+    }
+    drop(a); // shuts runtime A down: its fetch task is dropped mid-request
 
-    let second = runtime();
-    assert_eq!(second.block_on(send(&service)).unwrap(), "Bearer token2");
-    assert_eq!(source.calls(), 2);
+    match waiter.join().unwrap() {
+        Err(Error::Token(err)) => assert!(err.is_transient(), "{err}"),
+        other => panic!("expected a transient token error, got {other:?}"),
+    }
+    assert!(
+        first.as_mut().now_or_never().is_some(),
+        "nobody is left waiting"
+    );
+    // A request on a live runtime starts a new fetch at once: a runtime
+    // shutting down is no reason for a cool-down.
+    source.set_otherwise(Step::Token(HOUR));
+    assert_eq!(runtime().block_on(send(&service)).unwrap(), "Bearer token2");
 }
 
 #[tokio::test(start_paused = true)]
@@ -470,9 +630,82 @@ async fn a_403_body_that_stalls_cannot_hang_the_request() {
     let credentials = crate::Credentials::new("APP", "secret").unwrap();
     let service = PropelAuthLayer::basic(credentials).layer_over(api);
     let started = tokio::time::Instant::now();
-    match service.oneshot(crate::token::test_source::request()).await {
+    match service.oneshot(request()).await {
         Err(Error::Forbidden(forbidden)) => assert_eq!(forbidden.message(), ""),
         other => panic!("expected Forbidden, got {other:?}"),
     }
-    assert_eq!(started.elapsed(), crate::body::ERROR_BODY_TIMEOUT);
+    assert_eq!(started.elapsed(), crate::error_body::ERROR_BODY_TIMEOUT);
+}
+
+/// A source that counts how many of its fetches run at once, and the most
+/// ever; each fetch takes a little real time.
+#[derive(Clone, Default)]
+struct Overlaps {
+    running: Arc<AtomicUsize>,
+    most: Arc<AtomicUsize>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl TokenSource for Overlaps {
+    fn fetch_token(&self, _: &TokenParams) -> BoxFuture<'static, Result<AccessToken, TokenError>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let n = this.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let running = this.running.fetch_add(1, Ordering::SeqCst) + 1;
+            this.most.fetch_max(running, Ordering::SeqCst);
+            tokio::task::yield_now().await;
+            this.running.fetch_sub(1, Ordering::SeqCst);
+            AccessToken::new(format!("token{n}"), HOUR)
+        })
+    }
+}
+
+#[test]
+fn a_401_on_a_token_just_published_never_runs_two_token_requests_at_once() {
+    // Two workers: requests on one, the fetch task on the other. Every
+    // token is rejected the moment it is used, so a new flight starts right
+    // after each publish, while the task that published may still be ending
+    // its own flight.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let source = Overlaps::default();
+    let mut settings = Settings::default();
+    settings.cooldown = Duration::ZERO;
+    let layer = PropelAuthLayer::token_source(source.clone())
+        .settings(settings)
+        .build()
+        .unwrap();
+    let api = tower::service_fn(|request: Request<Full<Bytes>>| async move {
+        let rejected = request.headers().contains_key(http::header::AUTHORIZATION);
+        let mut response = http::Response::new(Full::new(Bytes::new()));
+        if rejected {
+            *response.status_mut() = http::StatusCode::UNAUTHORIZED;
+        }
+        Ok::<_, Infallible>(response)
+    });
+    let service = layer.layer_over(api);
+    runtime.block_on(async {
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                let service = service.clone();
+                tokio::spawn(async move {
+                    for _ in 0..500 {
+                        let _ = service.clone().oneshot(request()).await;
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+    });
+    assert!(source.calls.load(Ordering::SeqCst) > 10);
+    assert_eq!(
+        source.most.load(Ordering::SeqCst),
+        1,
+        "two token requests overlapped"
+    );
 }

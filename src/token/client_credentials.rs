@@ -11,11 +11,12 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 use tracing::Instrument as _;
 
-use super::http_client::{TokenHttpClient, TokenHttpResponse};
-use super::{AccessToken, TokenParams, TokenSource};
-use crate::body::{excerpt, parse_error_body};
+use super::http_client::TokenHttpResponse;
+use super::{AccessToken, TokenHttpClient, TokenParams, TokenSource};
 use crate::credentials::basic_header;
-use crate::error::{TokenError, TokenErrorKind};
+use crate::error::{ConfigError, TokenError, TokenErrorKind};
+use crate::error_body::{excerpt, parse_error_body};
+use crate::origin::Origin;
 use crate::{Credentials, Scope};
 
 /// Propel's Token API.
@@ -34,15 +35,72 @@ pub enum ClientAuth {
     BasicHeader,
 }
 
-/// Mints tokens with the client-credentials grant.
-pub(crate) struct ClientCredentials {
+/// The client-credentials flow a
+/// [`TokenLayerBuilder`](crate::TokenLayerBuilder) from
+/// [`PropelAuthLayer::client_credentials`](crate::PropelAuthLayer::client_credentials)
+/// configures: the Application's credentials, the Token API's URL, how to
+/// authenticate to it and the HTTP client to reach it.
+#[derive(Clone)]
+pub struct ClientCredentials {
     pub(crate) credentials: Credentials,
-    pub(crate) token_url: Uri,
+    pub(crate) token_url: String,
     pub(crate) client_auth: ClientAuth,
-    pub(crate) http: TokenHttpClient,
+    pub(crate) http: Option<TokenHttpClient>,
 }
 
-impl TokenSource for ClientCredentials {
+impl ClientCredentials {
+    /// Checks the configuration and makes the exchange.
+    pub(crate) fn exchange(self) -> Result<Exchange, ConfigError> {
+        let token_origin = Origin::parse(&self.token_url, "the token URL")?;
+        if token_origin.is_insecure() {
+            return Err(ConfigError::invalid(
+                "the token URL",
+                "it is plain http to a host that is not loopback; the secret would travel in clear text",
+            ));
+        }
+        let token_url: Uri = self
+            .token_url
+            .parse()
+            .map_err(|_| ConfigError::invalid("the token URL", "it is not a URL"))?;
+        let http =
+            match self.http {
+                Some(http) => http,
+                #[cfg(feature = "reqwest")]
+                None => TokenHttpClient::default_reqwest()?,
+                #[cfg(not(feature = "reqwest"))]
+                None => return Err(ConfigError::invalid(
+                    "the token HTTP client",
+                    "none was given; set one with .http_client(…) or enable the reqwest feature",
+                )),
+            };
+        Ok(Exchange {
+            credentials: self.credentials,
+            token_url,
+            client_auth: self.client_auth,
+            http,
+        })
+    }
+}
+
+impl fmt::Debug for ClientCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCredentials")
+            .field("credentials", &self.credentials)
+            .field("token_url", &self.token_url)
+            .field("client_auth", &self.client_auth)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Mints tokens with the client-credentials grant.
+pub(crate) struct Exchange {
+    credentials: Credentials,
+    token_url: Uri,
+    client_auth: ClientAuth,
+    http: TokenHttpClient,
+}
+
+impl TokenSource for Exchange {
     fn fetch_token(
         &self,
         params: &TokenParams,
@@ -61,7 +119,7 @@ impl TokenSource for ClientCredentials {
                 let response = http
                     .send(request)
                     .await
-                    .map_err(|err| TokenError::with_source(TokenErrorKind::Transport, err))?;
+                    .map_err(|err| TokenError::new(TokenErrorKind::Transport).with_cause(err))?;
                 tracing::Span::current().record("status", response.status.as_u16());
                 token_from_response(response, &[secret.expose_secret()])
             }
@@ -70,7 +128,7 @@ impl TokenSource for ClientCredentials {
     }
 }
 
-impl ClientCredentials {
+impl Exchange {
     fn request(&self, params: &TokenParams) -> http::Request<Bytes> {
         let secret = self.credentials.secret().expose_secret();
         let scope = Scope::join(params.scopes());
@@ -105,9 +163,9 @@ impl ClientCredentials {
     }
 }
 
-impl fmt::Debug for ClientCredentials {
+impl fmt::Debug for Exchange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientCredentials")
+        f.debug_struct("Exchange")
             .field("credentials", &self.credentials)
             .field("token_url", &self.token_url)
             .field("client_auth", &self.client_auth)
@@ -136,27 +194,17 @@ pub(crate) fn token_from_response(
     } = response;
     if status.is_success() {
         if body.truncated {
-            return Err(TokenError::build(
-                TokenErrorKind::InvalidResponse,
-                Some(status),
-                None,
-                Some("the answer is larger than 64 KiB".into()),
-                None,
-                None,
-            ));
+            return Err(
+                TokenError::invalid_response("the answer is larger than 64 KiB")
+                    .with_status(status),
+            );
         }
         let parsed: TokenBody = serde_json::from_slice(&body.bytes).map_err(|err| {
-            TokenError::build(
-                TokenErrorKind::InvalidResponse,
-                Some(status),
-                None,
-                Some(format!(
-                    "the answer is not the expected JSON ({})",
-                    excerpt(&err.to_string())
-                )),
-                None,
-                None,
-            )
+            TokenError::invalid_response(format!(
+                "the answer is not the expected JSON ({})",
+                excerpt(&err.to_string())
+            ))
+            .with_status(status)
         })?;
         let token = parsed
             .access_token
@@ -194,14 +242,14 @@ pub(crate) fn token_from_response(
         s if s.is_redirection() => TokenErrorKind::Rejected,
         _ => TokenErrorKind::Server,
     };
-    Err(TokenError::build(
-        kind,
-        Some(status),
-        parsed.code,
-        parsed.message,
-        retry_after(&headers),
-        None,
-    ))
+    let mut err = TokenError::new(kind)
+        .with_status(status)
+        .with_oauth_error(parsed.code)
+        .with_retry_after(retry_after(&headers));
+    if let Some(message) = parsed.message {
+        err = err.with_description(message);
+    }
+    Err(err)
 }
 
 /// A Token API error from an answer, for other modules' tests.
@@ -211,7 +259,7 @@ pub(crate) fn token_error_for_test(answer: http::Response<Bytes>) -> TokenError 
     let response = TokenHttpResponse {
         status: parts.status,
         headers: parts.headers,
-        body: crate::body::Capped {
+        body: crate::error_body::Capped {
             bytes,
             truncated: false,
         },
@@ -219,8 +267,13 @@ pub(crate) fn token_error_for_test(answer: http::Response<Bytes>) -> TokenError 
     token_from_response(response, &[]).expect_err("not a success")
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is not honoured: it needs a
-/// clock the server shares, and the backoff covers it).
+/// The most a `Retry-After` is honoured: a server asking for more gets a
+/// retry after a minute.
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// `Retry-After` in seconds, at most [`MAX_RETRY_AFTER`] (the HTTP-date form
+/// is not honoured: it needs a clock the server shares, and the backoff
+/// covers it).
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let secs: u64 = headers
         .get(RETRY_AFTER)?
@@ -229,13 +282,13 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .trim()
         .parse()
         .ok()?;
-    Some(Duration::from_secs(secs.min(24 * 3600)))
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::body::Capped;
+    use crate::error_body::Capped;
 
     fn token_from_response_(response: TokenHttpResponse) -> Result<AccessToken, TokenError> {
         token_from_response(response, &[])

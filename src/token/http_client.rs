@@ -10,7 +10,7 @@ use http_body_util::Full;
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Service, ServiceExt};
 
-use crate::body::{read_capped, Capped};
+use crate::error_body::{read_capped, Capped};
 
 /// A Token API answer with its body read up to the cap.
 #[derive(Debug)]
@@ -20,15 +20,34 @@ pub(crate) struct TokenHttpResponse {
     pub(crate) body: Capped,
 }
 
-/// A type-erased, cloneable HTTP client for token requests.
+/// The HTTP client token requests go through, for
+/// [`TokenLayerBuilder::http_client`](crate::TokenLayerBuilder::http_client):
+/// any tower service over `http::Request<Full<Bytes>>` (hyper-util's legacy
+/// client, a tower-http stack) or, with feature `reqwest`, a
+/// `reqwest::Client`.
+///
+/// A token request carries the Application secret: configure the client not
+/// to follow redirects.
+///
+/// ```
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use hyper_util::client::legacy::Client;
+/// use hyper_util::rt::TokioExecutor;
+/// use tower_propel_auth::TokenHttpClient;
+///
+/// let hyper = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+/// let for_tokens = TokenHttpClient::new(hyper);
+/// # let _ = for_tokens;
+/// ```
 #[derive(Clone)]
-pub(crate) struct TokenHttpClient {
+pub struct TokenHttpClient {
     service: BoxCloneSyncService<http::Request<Bytes>, TokenHttpResponse, BoxError>,
 }
 
 impl TokenHttpClient {
     /// Any tower service over `http::Request<Full<Bytes>>`.
-    pub(crate) fn from_service<S, RB>(service: S) -> Self
+    pub fn new<S, RB>(service: S) -> Self
     where
         S: Service<http::Request<Full<Bytes>>, Response = http::Response<RB>>
             + Clone
@@ -61,9 +80,33 @@ impl TokenHttpClient {
         }
     }
 
-    /// `reqwest::Client`, the default with the `reqwest` feature.
+    /// A `reqwest::Client` that never follows redirects: a token request
+    /// carries the secret and must not be re-sent elsewhere.
     #[cfg(feature = "reqwest")]
-    pub(crate) fn from_reqwest(client: reqwest::Client) -> Self {
+    pub(crate) fn default_reqwest() -> Result<Self, crate::error::ConfigError> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|err| {
+                crate::error::ConfigError::invalid("the default reqwest client", err.to_string())
+            })?;
+        Ok(Self::from(client))
+    }
+
+    pub(crate) async fn send(
+        &self,
+        request: http::Request<Bytes>,
+    ) -> Result<TokenHttpResponse, BoxError> {
+        self.service.clone().oneshot(request).await
+    }
+}
+
+/// A `reqwest::Client` for token requests (proxies, TLS roots …); build it
+/// with `redirect(reqwest::redirect::Policy::none())`.
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+impl From<reqwest::Client> for TokenHttpClient {
+    fn from(client: reqwest::Client) -> Self {
         let service = tower::service_fn(move |request: http::Request<Bytes>| {
             let client = client.clone();
             async move {
@@ -81,26 +124,6 @@ impl TokenHttpClient {
         Self {
             service: BoxCloneSyncService::new(service),
         }
-    }
-
-    /// A `reqwest::Client` that never follows redirects: a token request
-    /// carries the secret and must not be re-sent elsewhere.
-    #[cfg(feature = "reqwest")]
-    pub(crate) fn default_reqwest() -> Result<Self, crate::error::ConfigError> {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|err| {
-                crate::error::ConfigError::invalid("the default reqwest client", err.to_string())
-            })?;
-        Ok(Self::from_reqwest(client))
-    }
-
-    pub(crate) async fn send(
-        &self,
-        request: http::Request<Bytes>,
-    ) -> Result<TokenHttpResponse, BoxError> {
-        self.service.clone().oneshot(request).await
     }
 }
 

@@ -5,10 +5,12 @@
 mod access_token;
 pub(crate) mod cache;
 pub(crate) mod client_credentials;
+pub(crate) mod clock;
 mod fixed;
 pub(crate) mod http_client;
 mod jwt;
 mod params;
+mod settings;
 pub(crate) mod store;
 #[cfg(test)]
 pub(crate) mod test_source;
@@ -17,7 +19,9 @@ use futures_util::future::BoxFuture;
 
 pub use access_token::AccessToken;
 pub(crate) use fixed::FixedToken;
+pub use http_client::TokenHttpClient;
 pub use params::TokenParams;
+pub use settings::Settings;
 
 use crate::error::TokenError;
 
@@ -25,7 +29,8 @@ use crate::error::TokenError;
 /// the token flow.
 ///
 /// The layer's cache calls it from a task of its own, at most once at a time
-/// per set of [`TokenParams`], under the fetch timeout; it never needs to
+/// per set of [`TokenParams`], under the fetch timeout, only when it has no
+/// usable token or the current one is due for refresh; it never needs to
 /// cache or deduplicate by itself.
 ///
 /// ```

@@ -5,8 +5,8 @@ use std::time::Duration;
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
-use crate::token::test_source::{layer, request, Api, ScriptedSource, HOUR};
-use crate::{Error, PropelAuth, PropelAuthLayer, TokenParams};
+use crate::token::test_source::{layer, layer_with, request, Api, ScriptedSource, HOUR};
+use crate::{Error, PropelAuth, Settings, TokenParams};
 
 /// Sends one request for `tenant`; returns the `Authorization` header the API saw.
 async fn send_as(service: &PropelAuth<Api>, tenant: &str) -> Result<String, Error> {
@@ -48,10 +48,9 @@ async fn a_hundred_tenants_times_a_hundred_requests_make_a_hundred_token_request
 #[tokio::test(start_paused = true)]
 async fn the_bound_holds_and_no_tenant_gets_another_tenants_token() {
     let source = ScriptedSource::tokens(Duration::from_millis(1), HOUR);
-    let layer = PropelAuthLayer::token_source(source.clone())
-        .max_token_sets(10)
-        .build()
-        .unwrap();
+    let mut settings = Settings::default();
+    settings.max_token_sets = 10;
+    let (layer, _) = layer_with(&source, settings, false);
     let service = layer.layer_over(Api::default());
     let mut max_seen = 0;
     // Three rounds through 50 tenants, 5 at a time.
@@ -84,7 +83,7 @@ async fn the_bound_holds_and_no_tenant_gets_another_tenants_token() {
 #[tokio::test(start_paused = true)]
 async fn concurrent_401s_for_one_tenant_refresh_only_that_tenants_token() {
     let source = ScriptedSource::tokens(Duration::from_millis(10), HOUR);
-    let layer = layer(&source);
+    let layer = crate::token::test_source::replaying_layer(&source);
     let api = Api::with_latency(Duration::from_millis(5));
     let service = layer.layer_over(api.clone());
     let a = send_as(&service, "a").await.unwrap();

@@ -15,7 +15,8 @@ use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
-use super::{AccessToken, TokenParams, TokenSource};
+use super::clock::TestClock;
+use super::{AccessToken, Settings, TokenParams, TokenSource};
 use crate::error::{TokenError, TokenErrorKind};
 use crate::{Error, PropelAuth, PropelAuthLayer};
 
@@ -179,10 +180,30 @@ impl<B: Send + 'static> Service<Request<B>> for Api {
     }
 }
 
+/// A layer over `source` with the default settings, on a [`TestClock`]
+/// that follows tokio's paused time.
 pub(crate) fn layer(source: &ScriptedSource) -> PropelAuthLayer {
-    PropelAuthLayer::token_source(source.clone())
-        .build()
-        .unwrap()
+    layer_with(source, Settings::default(), false).0
+}
+
+/// The same, replaying requests after a 401 by itself.
+pub(crate) fn replaying_layer(source: &ScriptedSource) -> PropelAuthLayer {
+    layer_with(source, Settings::default(), true).0
+}
+
+/// A layer over `source` with these settings, and its clock.
+pub(crate) fn layer_with(
+    source: &ScriptedSource,
+    settings: Settings,
+    retry_unauthorized: bool,
+) -> (PropelAuthLayer, Arc<TestClock>) {
+    let clock = TestClock::new();
+    let layer = PropelAuthLayer::token_source(source.clone())
+        .settings(settings)
+        .retry_unauthorized(retry_unauthorized)
+        .build_with_clock(clock.clock())
+        .unwrap();
+    (layer, clock)
 }
 
 pub(crate) fn request() -> Request<Full<Bytes>> {

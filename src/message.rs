@@ -10,13 +10,12 @@ use http_body::Body;
 use http_body_util::{Empty, Full};
 use tower::BoxError;
 
-use crate::body::{read_capped, ERROR_BODY_TIMEOUT};
+use crate::error_body::{read_capped, ERROR_BODY_TIMEOUT};
 use crate::origin::{AllowedOrigins, Decision};
 use crate::TokenParams;
 
 pub(crate) trait AuthRequest: Sized {
     fn decide(&self, origins: &AllowedOrigins) -> Decision;
-    fn headers(&self) -> &HeaderMap;
     fn headers_mut(&mut self) -> &mut HeaderMap;
     /// A copy to send again after a 401, when the body can be replayed.
     fn try_clone(&self) -> Option<Self>;
@@ -35,11 +34,6 @@ impl<B: 'static> AuthRequest for http::Request<B> {
     #[inline]
     fn decide(&self, origins: &AllowedOrigins) -> Decision {
         origins.decide_uri(self.uri())
-    }
-
-    #[inline]
-    fn headers(&self) -> &HeaderMap {
-        self.headers()
     }
 
     #[inline]
@@ -118,11 +112,6 @@ impl AuthRequest for reqwest::Request {
             return Decision::Attach;
         }
         origins.decide(Some(url.scheme()), url.host_str(), url.port())
-    }
-
-    #[inline]
-    fn headers(&self) -> &HeaderMap {
-        self.headers()
     }
 
     #[inline]
