@@ -94,7 +94,7 @@ impl TokenSource for InstantSource {
 /// `PropelAuthLayer` over [`InstantSource`], allowed to send to [`API_URL`].
 pub fn cached_layer(retry_unauthorized: bool) -> PropelAuthLayer {
     PropelAuthLayer::token_source(InstantSource)
-        .api_url(API_URL)
+        .allowed_origins([API_URL])
         .retry_unauthorized(retry_unauthorized)
         .build()
         .expect("a valid layer")
@@ -105,7 +105,7 @@ pub fn basic_layer() -> PropelAuthLayer {
     let credentials = Credentials::new("APP01BENCHMARKAPPLICATIONID0000", "bench-secret")
         .expect("valid credentials");
     PropelAuthLayer::basic(credentials)
-        .with_api_url(API_URL)
+        .with_allowed_origins([API_URL])
         .expect("a valid API URL")
 }
 
@@ -235,9 +235,9 @@ pub const VARIANTS: [&str; 9] = [
     "add_authorization",
     "propel_basic",
     "propel_cached",
-    "propel_cached_no_replay",
+    "propel_cached_replay",
     "tenant_tag_only",
-    "propel_keyed_no_replay",
+    "propel_keyed",
     "hand_tokio_mutex",
     "hand_std_rwlock",
 ];
@@ -245,7 +245,7 @@ pub const VARIANTS: [&str; 9] = [
 /// What a multi-tenant caller does to every request: tag it with its
 /// tenant's token parameters (this clones them and fills the request's
 /// extensions, so it allocates). `tenant_tag_only` is this over the bare
-/// service, so `propel_keyed_no_replay` minus it is the keyed lookup.
+/// service, so `propel_keyed` minus it is the keyed lookup.
 fn tag_tenant<S>(service: S) -> tower::util::MapRequest<S, impl FnMut(Req) -> Req + Clone>
 where
     S: Service<Req>,
@@ -292,20 +292,14 @@ pub fn for_each_variant(rt: &Runtime, visit: &mut impl Variants) {
     let floor = AddAuthorizationLayer::bearer(TOKEN).as_sensitive(true);
     visit.variant("add_authorization", warmed(rt, floor.layer(inner())));
     visit.variant("propel_basic", warmed(rt, basic_layer().layer(inner())));
-    let cached = cached_layer(true);
+    let cached = cached_layer(false);
     visit.variant("propel_cached", warmed(rt, cached.layer(inner())));
     assert_eq!(cached.stats().token_requests, 1, "the cache is warm");
-    let no_replay = cached_layer(false);
-    visit.variant(
-        "propel_cached_no_replay",
-        warmed(rt, no_replay.layer(inner())),
-    );
+    let replay = cached_layer(true);
+    visit.variant("propel_cached_replay", warmed(rt, replay.layer(inner())));
     visit.variant("tenant_tag_only", warmed(rt, tag_tenant(inner())));
     let keyed = cached_layer(false);
-    visit.variant(
-        "propel_keyed_no_replay",
-        warmed(rt, tag_tenant(keyed.layer(inner()))),
-    );
+    visit.variant("propel_keyed", warmed(rt, tag_tenant(keyed.layer(inner()))));
     assert_eq!(keyed.stats().token_sets, 1, "the tenant's cache is warm");
     visit.variant(
         "hand_tokio_mutex",

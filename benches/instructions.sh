@@ -19,7 +19,7 @@ bare=$(per_request bare)
 floor=$(( $(per_request add_authorization) - bare ))
 echo "| variant | instructions per request | over bare | × AddAuthorization's |"
 echo "|---|---:|---:|---:|"
-for variant in bare add_authorization propel_basic propel_cached propel_cached_no_replay tenant_tag_only propel_keyed_no_replay hand_tokio_mutex hand_std_rwlock; do
+for variant in bare add_authorization propel_basic propel_cached propel_cached_replay tenant_tag_only propel_keyed hand_tokio_mutex hand_std_rwlock; do
   n=$(per_request "$variant")
   over=$(( n - bare ))
   ratio=$(awk -v o="$over" -v f="$floor" 'BEGIN { if (o == 0) print ""; else printf "%.2f×", o / f }')

@@ -29,7 +29,9 @@ use http::header::AUTHORIZATION;
 use http::Response;
 use http_body_util::Full;
 use tower::{Layer, Service, ServiceExt};
-use tower_propel_auth::{AccessToken, PropelAuthLayer, TokenError, TokenParams, TokenSource};
+use tower_propel_auth::{
+    AccessToken, PropelAuthLayer, Settings, TokenError, TokenParams, TokenSource,
+};
 
 use hot_path::{request, Req, Resp, API_URL};
 
@@ -159,9 +161,11 @@ async fn paced_stream<S>(
 /// A layer on a fresh [`RotatingSource`], warmed up with one request.
 fn warmed_layer(rt: &tokio::runtime::Runtime) -> (PropelAuthLayer, RotatingSource) {
     let source = RotatingSource::default();
+    let mut settings = Settings::default();
+    settings.safety_margin = SAFETY_MARGIN;
     let layer = PropelAuthLayer::token_source(source.clone())
-        .api_url(API_URL)
-        .safety_margin(SAFETY_MARGIN)
+        .allowed_origins([API_URL])
+        .settings(settings)
         .build()
         .expect("a valid layer");
     rt.block_on(layer.layer(inner(Arc::default())).oneshot(request()))

@@ -82,7 +82,7 @@ struct Finish {
 async fn fan_out(n: usize) -> FanOut {
     let probe = Arc::new(Probe::default());
     let layer = PropelAuthLayer::token_source(DelayedSource(Arc::clone(&probe)))
-        .api_url(API_URL)
+        .allowed_origins([API_URL])
         .build()
         .expect("a valid layer");
     let finish = Arc::new(Finish {

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -16,8 +17,9 @@ use tower::{BoxError, Service};
 
 use crate::error::{Error, Unauthorized};
 use crate::error_body::{forbidden_from_body, parse_error_body};
-use crate::layer::{Auth, Shared};
+use crate::layer::Auth;
 use crate::message::{AuthRequest, AuthResponse};
+use crate::registry::{self, LayerId};
 use crate::stats::Counters;
 use crate::token::cache::{CachedToken, TokenCache, TokenWait};
 
@@ -71,20 +73,50 @@ pin_project! {
     }
 }
 
-/// How a request was authenticated: what a 401 or 403 on it needs.
+/// How a request was authenticated: what a 401 or 403 on it needs. No
+/// reference is held on the common path: the layer is found by its id (see
+/// `registry`) when a 401 or 403 comes.
 pub(crate) enum Sent {
-    Basic(Arc<Shared>),
+    Basic {
+        layer: LayerId,
+    },
     Token {
-        cache: TokenCache,
+        cache: CacheRef,
         generation: u64,
         /// This is the layer's own second attempt, after a 401.
         retried: bool,
     },
 }
 
+/// The cache a token came from.
+pub(crate) enum CacheRef {
+    /// The default cache of this layer.
+    Default(LayerId),
+    /// A cache at hand: a request's own parameters', or one a slow path holds.
+    Held(TokenCache),
+}
+
+impl CacheRef {
+    /// The cache, unless its layer was dropped.
+    fn resolve(&self) -> Option<TokenCache> {
+        match self {
+            CacheRef::Held(cache) => Some(cache.clone()),
+            CacheRef::Default(layer) => match &registry::find(*layer)?.auth {
+                Auth::Token(store) => Some(store.default_cache().clone()),
+                Auth::Basic { .. } => None,
+            },
+        }
+    }
+}
+
 impl Sent {
+    /// A token from `keyed`, or else from the layer's default cache.
     #[inline]
-    pub(crate) fn token(cache: TokenCache, generation: u64) -> Self {
+    pub(crate) fn token(layer: LayerId, keyed: Option<TokenCache>, generation: u64) -> Self {
+        let cache = match keyed {
+            Some(cache) => CacheRef::Held(cache),
+            None => CacheRef::Default(layer),
+        };
         Sent::Token {
             cache,
             generation,
@@ -105,7 +137,8 @@ pub(crate) struct Parked<S, Req> {
 /// A 401 or 403, waiting for its body to become an error.
 pub(crate) struct Rejected {
     status: StatusCode,
-    counters: Arc<Counters>,
+    /// The layer's counters, unless it was dropped.
+    counters: Option<Arc<Counters>>,
     /// Secrets to remove from the server's message by value: the
     /// Application secret, the token sent.
     known: Vec<SecretString>,
@@ -184,12 +217,17 @@ where
                 } => {
                     let response =
                         ready!(future.poll(cx)).map_err(|err| Error::Service(err.into()))?;
-                    match (response.status(), sent.take()) {
-                        (StatusCode::UNAUTHORIZED, Some(sent)) => {
-                            State::on_unauthorized(sent, replay.take(), response)
-                        }
-                        (StatusCode::FORBIDDEN, Some(sent)) => State::on_forbidden(sent, response),
-                        _ => return Poll::Ready(Ok(response)),
+                    let status = response.status();
+                    if status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN {
+                        return Poll::Ready(Ok(response));
+                    }
+                    let Some(sent) = sent.take() else {
+                        return Poll::Ready(Ok(response)); // passed through: not ours
+                    };
+                    if status == StatusCode::UNAUTHORIZED {
+                        State::on_unauthorized(sent, replay.take(), response)
+                    } else {
+                        State::on_forbidden(sent, response)
                     }
                 }
                 StateProj::AwaitingToken {
@@ -224,7 +262,7 @@ where
                         Counters::bump(&cache.config().counters.unauthorized_retries);
                     }
                     let sent = Sent::Token {
-                        cache,
+                        cache: CacheRef::Held(cache),
                         generation: token.generation,
                         retried: *retry,
                     };
@@ -262,14 +300,7 @@ where
                 cache,
                 retried: false,
                 ..
-            } if cache.config().replay => request.try_clone().map(|mut copy| {
-                copy.headers_mut().remove(AUTHORIZATION);
-                Box::new(Parked {
-                    request: copy,
-                    service: service.clone(),
-                    cache: cache.clone(),
-                })
-            }),
+            } => replay_copy(service, &request, cache),
             _ => None,
         };
         State::Calling {
@@ -290,18 +321,19 @@ where
     where
         S::Response: AuthResponse,
     {
+        let status = StatusCode::UNAUTHORIZED;
         let (cache, generation, retried) = match sent {
-            Sent::Basic(shared) => {
-                return State::read_body(
-                    response,
-                    Rejected::basic(&shared, StatusCode::UNAUTHORIZED),
-                )
+            Sent::Basic { layer } => {
+                return State::read_body(response, Rejected::basic(layer, status))
             }
             Sent::Token {
                 cache,
                 generation,
                 retried,
             } => (cache, generation, retried),
+        };
+        let Some(cache) = cache.resolve() else {
+            return State::read_body(response, Rejected::orphan(status));
         };
         // The token sent, to keep it out of the message, before it is dropped.
         let sent_token = cache.current_of(generation);
@@ -314,9 +346,11 @@ where
                 retry: true,
             },
             _ => {
-                let mut rejected = Rejected::token(&cache, sent_token, StatusCode::UNAUTHORIZED);
-                rejected.retried = retried;
-                rejected.transient = may_cure;
+                let rejected = Rejected {
+                    retried,
+                    transient: may_cure,
+                    ..Rejected::token(&cache, sent_token, status)
+                };
                 State::read_body(response, rejected)
             }
         }
@@ -327,11 +361,15 @@ where
     where
         S::Response: AuthResponse,
     {
+        let status = StatusCode::FORBIDDEN;
         let rejected = match sent {
-            Sent::Basic(shared) => Rejected::basic(&shared, StatusCode::FORBIDDEN),
+            Sent::Basic { layer } => Rejected::basic(layer, status),
             Sent::Token {
                 cache, generation, ..
-            } => Rejected::token(&cache, cache.current_of(generation), StatusCode::FORBIDDEN),
+            } => match cache.resolve() {
+                Some(cache) => Rejected::token(&cache, cache.current_of(generation), status),
+                None => Rejected::orphan(status),
+            },
         };
         State::read_body(response, rejected)
     }
@@ -347,19 +385,43 @@ where
     }
 }
 
+/// A copy of `request` to send again after a 401, when the layer replays and
+/// the body can be copied. A replaying layer holds the cache of every token
+/// it sends (`CacheRef::Held`); a reference by layer id means no replay.
+fn replay_copy<S: Clone, Req: AuthRequest>(
+    service: &S,
+    request: &Req,
+    cache: &CacheRef,
+) -> Option<Box<Parked<S, Req>>> {
+    let CacheRef::Held(cache) = cache else {
+        return None;
+    };
+    if !cache.config().replay {
+        return None;
+    }
+    let mut copy = request.try_clone()?;
+    copy.headers_mut().remove(AUTHORIZATION);
+    Some(Box::new(Parked {
+        request: copy,
+        service: service.clone(),
+        cache: cache.clone(),
+    }))
+}
+
 impl Rejected {
-    fn basic(shared: &Shared, status: StatusCode) -> Self {
+    fn basic(layer: LayerId, status: StatusCode) -> Self {
+        let Some(shared) = registry::find(layer) else {
+            return Self::orphan(status);
+        };
         let known = match &shared.auth {
             Auth::Basic { secret, .. } => vec![secret.clone()],
             Auth::Token(_) => Vec::new(),
         };
         Self {
-            status,
-            counters: Arc::clone(&shared.counters),
+            counters: Some(Arc::clone(&shared.counters)),
             known,
             basic: true,
-            retried: false,
-            transient: false,
+            ..Self::orphan(status)
         }
     }
 
@@ -368,9 +430,19 @@ impl Rejected {
         let mut known: Vec<SecretString> = config.secret.iter().cloned().collect();
         known.extend(sent.map(|sent| sent.token.secret().clone()));
         Self {
-            status,
-            counters: Arc::clone(&config.counters),
+            counters: Some(Arc::clone(&config.counters)),
             known,
+            ..Self::orphan(status)
+        }
+    }
+
+    /// A request whose layer was dropped before its answer came: nothing to
+    /// count or drop, only the message to read.
+    fn orphan(status: StatusCode) -> Self {
+        Self {
+            status,
+            counters: None,
+            known: Vec::new(),
             basic: false,
             retried: false,
             transient: false,
@@ -379,13 +451,18 @@ impl Rejected {
 
     fn into_error(self, body: &[u8]) -> Error {
         let known: Vec<&str> = self.known.iter().map(|s| s.expose_secret()).collect();
+        let count = |counter: fn(&Counters) -> &AtomicU64| {
+            if let Some(counters) = &self.counters {
+                Counters::bump(counter(counters));
+            }
+        };
         if self.status == StatusCode::FORBIDDEN {
-            Counters::bump(&self.counters.forbidden);
+            count(|c| &c.forbidden);
             let forbidden = forbidden_from_body(body, &known);
             tracing::warn!(scope = ?forbidden.missing_scope(), policy = forbidden.is_policy(), "Propel answered 403");
             Error::Forbidden(forbidden)
         } else {
-            Counters::bump(&self.counters.unauthorized);
+            count(|c| &c.unauthorized);
             let message = parse_error_body(body, &known).message.unwrap_or_default();
             tracing::warn!(
                 retried = self.retried,

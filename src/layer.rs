@@ -11,6 +11,7 @@ use tower::Layer;
 
 use crate::error::{ConfigError, TokenError};
 use crate::origin::AllowedOrigins;
+use crate::registry::{self, LayerId};
 use crate::stats::{Counters, Stats};
 use crate::token::cache::CacheConfig;
 use crate::token::client_credentials::{ClientAuth, ClientCredentials, DEFAULT_TOKEN_URL};
@@ -55,11 +56,17 @@ pub struct PropelAuthLayer {
 }
 
 /// What every service of one layer shares.
-#[derive(Clone)]
 pub(crate) struct Shared {
+    pub(crate) id: LayerId,
     pub(crate) auth: Auth,
     pub(crate) origins: AllowedOrigins,
     pub(crate) counters: Arc<Counters>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        registry::unregister(self.id);
+    }
 }
 
 #[derive(Clone)]
@@ -135,13 +142,15 @@ impl PropelAuthLayer {
     }
 
     fn new(auth: Auth, origins: AllowedOrigins, counters: Arc<Counters>) -> Self {
-        Self {
-            shared: Arc::new(Shared {
-                auth,
-                origins,
-                counters,
-            }),
-        }
+        let id = registry::next_id();
+        let shared = Arc::new(Shared {
+            id,
+            auth,
+            origins,
+            counters,
+        });
+        registry::register(id, &shared);
+        Self { shared }
     }
 
     /// Sends credentials to exactly these origins (URLs; only their scheme,
@@ -154,11 +163,9 @@ impl PropelAuthLayer {
         I: IntoIterator,
         I::Item: AsRef<str>,
     {
-        let mut shared = Arc::unwrap_or_clone(self.shared);
-        shared.origins = AllowedOrigins::parse(urls)?;
-        Ok(Self {
-            shared: Arc::new(shared),
-        })
+        let origins = AllowedOrigins::parse(urls)?;
+        let Shared { auth, counters, .. } = &*self.shared;
+        Ok(Self::new(auth.clone(), origins, Arc::clone(counters)))
     }
 
     /// The counters of this layer, its clones and their services.

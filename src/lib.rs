@@ -76,6 +76,7 @@ mod future;
 mod layer;
 mod message;
 mod origin;
+mod registry;
 pub mod retry;
 mod scope;
 mod service;

@@ -141,8 +141,8 @@ impl AllowedOrigins {
     /// check.
     #[inline]
     pub(crate) fn decide_uri(&self, uri: &http::Uri) -> Decision {
-        if let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) {
-            let https = *scheme == http::uri::Scheme::HTTPS;
+        if let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) {
+            let https = scheme == "https";
             if self.is_allowed_authority(https, authority.as_str()) {
                 return Decision::Attach;
             }

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use http::header::{Entry, AUTHORIZATION};
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue};
 use tower::{BoxError, Service};
 
 use crate::error::{Error, InsecureTransport};
@@ -66,6 +66,8 @@ enum Attach {
 struct DefaultToken {
     cache: TokenCache,
     current: arc_swap::Cache<Current, Option<Arc<CachedToken>>>,
+    /// Whether the layer replays requests after a 401.
+    replay: bool,
 }
 
 /// Lets arc-swap's `Cache` reach the default cache's token.
@@ -99,9 +101,14 @@ impl<S> PropelAuth<S> {
             Auth::Token(store) => {
                 let cache = store.default_cache().clone();
                 let current = arc_swap::Cache::new(Current(cache.clone()));
+                let replay = cache.config().replay;
                 Attach::Token {
                     store: Arc::clone(store),
-                    default: DefaultToken { cache, current },
+                    default: DefaultToken {
+                        cache,
+                        current,
+                        replay,
+                    },
                 }
             }
         };
@@ -132,6 +139,7 @@ impl<S> PropelAuth<S> {
         &self.shared
     }
 
+    #[inline]
     fn start<Req>(&mut self, mut request: Req) -> ResponseFuture<S, Req>
     where
         S: Service<Req> + Clone,
@@ -154,9 +162,8 @@ impl<S> PropelAuth<S> {
         }
     }
 
-    /// Where the request goes, whether the caller set its own header, which
-    /// cache serves it and whether that cache's token is usable: one pass,
-    /// one hash of the header map for the check and the insert.
+    /// Where the request goes, which cache serves it, whether that cache's
+    /// token is usable, and whether the caller set its own header: one pass.
     #[inline]
     fn lookup<Req: AuthRequest>(&mut self, request: &mut Req) -> Lookup {
         match request.decide(&self.shared.origins) {
@@ -164,29 +171,47 @@ impl<S> PropelAuth<S> {
             Decision::PassThrough => return Lookup::PassThrough,
             Decision::Insecure(origin) => return Lookup::Insecure(origin),
         }
-        let keyed = match &self.attach {
-            Attach::Token { store, .. } => keyed_cache(store, request),
-            Attach::Basic(_) => None,
-        };
-        let Entry::Vacant(slot) = request.headers_mut().entry(AUTHORIZATION) else {
-            // The caller chose its own credentials.
-            return Lookup::PassThrough;
-        };
-        let (header, sent) = match (&mut self.attach, keyed) {
-            (Attach::Basic(header), _) => (header.clone(), Sent::Basic(Arc::clone(&self.shared))),
-            (Attach::Token { .. }, Some(cache)) => match cache.cached() {
-                Some((header, generation)) => (header, Sent::token(cache, generation)),
-                None => return Lookup::Wait(cache),
-            },
-            (Attach::Token { default, .. }, None) => match default.cached() {
-                Some((header, generation)) => {
-                    (header, Sent::token(default.cache.clone(), generation))
+        let layer = self.shared.id;
+        let (header, sent) = match &mut self.attach {
+            Attach::Basic(header) => (header.clone(), Sent::Basic { layer }),
+            Attach::Token { store, default } => {
+                let keyed = keyed_cache(store, request);
+                let cached = match &keyed {
+                    Some(cache) => cache.cached(),
+                    None => default.cached(),
+                };
+                match cached {
+                    Some((header, generation)) => {
+                        // A replaying layer keeps a copy, which needs the cache at hand.
+                        let keyed = keyed.or_else(|| default.replay.then(|| default.cache.clone()));
+                        (header, Sent::token(layer, keyed, generation))
+                    }
+                    None if request.headers_mut().contains_key(AUTHORIZATION) => {
+                        return Lookup::PassThrough
+                    }
+                    None => return Lookup::Wait(keyed.unwrap_or_else(|| default.cache.clone())),
                 }
-                None => return Lookup::Wait(default.cache.clone()),
-            },
+            }
         };
-        slot.insert(header);
+        // One hash for the insert and the check for the caller's own header:
+        // `append` says whether there was one (rarely), and then ours goes.
+        if request.headers_mut().append(AUTHORIZATION, header) {
+            take_back_last(request.headers_mut());
+            return Lookup::PassThrough;
+        }
         Lookup::Attached(sent)
+    }
+}
+
+/// Removes the `Authorization` value appended last, keeping the caller's.
+#[cold]
+fn take_back_last(headers: &mut HeaderMap) {
+    if let Entry::Occupied(entry) = headers.entry(AUTHORIZATION) {
+        let mut values: Vec<HeaderValue> = entry.remove_entry_mult().1.collect();
+        values.pop();
+        for value in values {
+            headers.append(AUTHORIZATION, value);
+        }
     }
 }
 
@@ -264,5 +289,77 @@ impl<S: fmt::Debug> fmt::Debug for PropelAuth<S> {
         f.debug_struct("PropelAuth")
             .field("inner", &self.inner)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use http::header::AUTHORIZATION;
+    use http_body_util::Full;
+    use tower::{Layer, ServiceExt};
+
+    use crate::token::test_source::{layer, request, ScriptedSource, HOUR};
+    use crate::{Credentials, PropelAuthLayer};
+
+    /// An inner service answering with every `Authorization` value it got.
+    fn echo_authorizations() -> impl tower::Service<
+        http::Request<Full<Bytes>>,
+        Response = http::Response<String>,
+        Error = Infallible,
+    > + Clone {
+        tower::service_fn(|request: http::Request<Full<Bytes>>| async move {
+            let values: Vec<&str> = request
+                .headers()
+                .get_all(AUTHORIZATION)
+                .iter()
+                .map(|value| value.to_str().unwrap())
+                .collect();
+            Ok(http::Response::new(values.join(" | ")))
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_callers_own_authorization_values_are_kept_as_they_were() {
+        let source = ScriptedSource::tokens(std::time::Duration::ZERO, HOUR);
+        let token_layer = layer(&source);
+        // Warm the cache, so the caller's request meets a usable token.
+        let warm = token_layer
+            .layer(echo_authorizations())
+            .oneshot(request())
+            .await;
+        assert_eq!(warm.unwrap().into_body(), "Bearer token1");
+        let basic = PropelAuthLayer::basic(Credentials::new("APP", "secret").unwrap());
+        for layer in [token_layer, basic] {
+            let mut own = request();
+            own.headers_mut()
+                .append(AUTHORIZATION, "Bearer mine".parse().unwrap());
+            own.headers_mut()
+                .append(AUTHORIZATION, "Basic also-mine".parse().unwrap());
+            let response = layer
+                .layer(echo_authorizations())
+                .oneshot(own)
+                .await
+                .unwrap();
+            assert_eq!(response.into_body(), "Bearer mine | Basic also-mine");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_with_its_own_header_never_waits_for_a_token() {
+        let source = ScriptedSource::tokens(std::time::Duration::from_secs(5), HOUR);
+        let layer = layer(&source);
+        let mut own = request();
+        own.headers_mut()
+            .insert(AUTHORIZATION, "Bearer mine".parse().unwrap());
+        let response = layer
+            .layer(echo_authorizations())
+            .oneshot(own)
+            .await
+            .unwrap();
+        assert_eq!(response.into_body(), "Bearer mine");
+        assert_eq!(source.calls(), 0);
     }
 }
