@@ -1,75 +1,80 @@
-//! `reqwest::Client` as the inner tower service (`tower::Service<reqwest::Request>`),
-//! and the same client for token requests: `cargo run --example reqwest_client`.
+//! `reqwest::Client` as the tower service under `PropelAuthLayer`, with no
+//! other layer, and the same client for token requests:
+//! `cargo run --example reqwest_client`.
 //!
-//! With no `PROPEL_CLIENT_ID` / `PROPEL_CLIENT_SECRET` in the environment it
-//! runs against `FakePropel` on loopback. With both set it queries real
-//! Propel with `SELECT 1`; `PROPEL_API_URL` and `PROPEL_OAUTH_URL` are
-//! honoured.
+//! `reqwest::Client` is a `tower::Service<reqwest::Request>`; wrapped, its
+//! errors are `tower_propel_auth::Error`, with no boxing to undo. With no
+//! retry layer outside, `.retry_unauthorized(true)` lets the layer itself
+//! send a request once more after a 401 (see `revoked_token`).
 //!
 //! reqwest keeps a request's extensions private, so every request through
-//! one layer uses the layer's token parameters. For a token per tenant with
-//! reqwest, build one layer per tenant (`.policy_values_json(…)`), or use
-//! `http::Request`s (see the `hyper_client` example and `TokenParams`).
+//! one layer gets the layer's token parameters; for a token per tenant, build
+//! a layer per tenant (`.params(TokenParams::tenant(…))`) or send
+//! `http::Request`s (`hyper_client`). Runs against FakePropel, or your account
+//! when `PROPEL_CLIENT_ID` and `PROPEL_CLIENT_SECRET` are set.
 
 mod support;
 
-use std::process::ExitCode;
-use std::time::Instant;
+use std::time::Duration;
 
-use reqwest::StatusCode;
 use support::Target;
-use tower::{BoxError, ServiceBuilder, ServiceExt};
+use tower::{BoxError, Layer, ServiceExt};
 use tower_propel_auth::Error;
 
-/// Concurrent queries: they share one token request.
-const QUERIES: usize = 5;
-
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn main() -> std::process::ExitCode {
     support::exit_code(run().await)
 }
 
 async fn run() -> Result<(), BoxError> {
     let target = Target::new().await?;
-    let api_url = target.url()?;
 
     // One client, one connection pool, for queries and token requests. It
     // must not follow redirects: a token request carries the secret.
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
         .build()?;
-    let layer = target.builder.reqwest_client(http.clone()).build()?;
-    // `reqwest::Client` is a `tower::Service<reqwest::Request>`; the layer
-    // wraps it like any other. Its errors are `tower_propel_auth::Error`.
-    let client = ServiceBuilder::new().layer(layer.clone()).service(http);
+    let auth = target
+        .client_credentials()
+        .http_client(http.clone().into())
+        .retry_unauthorized(true)
+        .build()?;
+    let client = auth.layer(http);
 
-    println!("{QUERIES} concurrent queries: {}", target.sql);
-    let started = Instant::now();
-    let responses = futures_util::future::join_all((0..QUERIES).map(|_| {
-        client
-            .clone()
-            .oneshot(support::sql_request(&api_url, target.sql))
-    }))
-    .await;
-
-    let mut ok = 0;
-    for (n, response) in responses.into_iter().enumerate() {
-        let response = match response {
+    for n in 1..=3 {
+        let request = target.reqwest_request(target.sql);
+        let response = match client.clone().oneshot(request).await {
             Ok(response) => response,
-            // The crate's errors say what to fix.
+            // The crate's errors say what happened and, behind hint(), what
+            // to do about it.
             Err(Error::Forbidden(forbidden)) => {
-                return Err(format!("query {}: {forbidden}", n + 1).into())
+                let scope = forbidden.missing_scope();
+                println!(
+                    "query {n}: 403, missing scope {scope:?}: {}",
+                    forbidden.hint()
+                );
+                return Err(forbidden.into());
             }
+            Err(Error::Token(err)) if !err.is_transient() => {
+                println!("query {n}: no token ({:?}): {}", err.kind(), err.hint());
+                return Err(err.into());
+            }
+            // Transport errors of reqwest come through as `Error::Service`.
             Err(err) => return Err(err.into()),
         };
         let status = response.status();
-        let body = response.bytes().await?;
-        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        let rows = support::rows(&json);
-        println!("  query {}: {status}, rows {rows}", n + 1);
-        ok += usize::from(status == StatusCode::OK);
+        let rows = support::rows(&response.bytes().await?);
+        println!("query {n}: {status}, rows {rows}");
     }
 
-    // Every query OK, and all of them on one token request.
-    support::check_shared_token(ok, QUERIES, started, &layer, target.fake.as_ref())
+    let stats = auth.stats();
+    println!(
+        "token requests: {} (through the same reqwest client)",
+        stats.token_requests
+    );
+    if stats.token_requests != 1 {
+        return Err("expected one token request for all the queries".into());
+    }
+    Ok(())
 }

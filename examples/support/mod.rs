@@ -1,35 +1,151 @@
-//! Boilerplate shared by the examples (each says `mod support;`): the choice
-//! between FakePropel and real Propel, the `sqlV1` request body, and how an
-//! error is printed. Cargo builds no example from this folder: it has no
-//! `main.rs`.
+//! Set-up shared by the examples (each says `mod support;`): FakePropel or
+//! your account, the `sqlV1` request, and how an error is printed. Cargo
+//! builds no example from this folder: it has no `main.rs`.
 
 // Each example uses only part of this module.
 #![allow(dead_code)]
 
 use std::process::ExitCode;
-use std::time::Instant;
+use std::sync::Arc;
 
-use reqwest::header::{HeaderValue, CONTENT_TYPE};
-use reqwest::{Method, Url};
+use bytes::Bytes;
+use http_body_util::Full;
 use tower::BoxError;
-use tower_propel_auth::{
-    config, Credentials, FakePropel, PropelAuthLayer, TokenLayerBuilder, CLIENT_ID_VAR,
-    CLIENT_SECRET_VAR,
-};
+use tower_propel_auth::config::{self, CLIENT_ID_VAR, CLIENT_SECRET_VAR};
+use tower_propel_auth::TokenLayerBuilder;
+use tower_propel_auth::{ConfigError, Credentials, Error, FakePropel, PropelAuthLayer};
 
-/// An example's exit code: success, or the error and its causes on stderr.
-pub fn exit_code(result: Result<(), BoxError>) -> ExitCode {
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {}", chain(err.as_ref()));
-            ExitCode::FAILURE
+/// Where the queries go and with which Application.
+#[derive(Clone)]
+pub struct Target {
+    /// `Some` when running against FakePropel (no account needed).
+    pub fake: Option<Arc<FakePropel>>,
+    /// Propel's GraphQL endpoint.
+    pub api_url: String,
+    /// A query that suits the target.
+    pub sql: &'static str,
+    credentials: Credentials,
+    token_url: String,
+}
+
+impl Target {
+    /// Your account when `PROPEL_CLIENT_ID` or `PROPEL_CLIENT_SECRET` is set
+    /// (`PROPEL_OAUTH_URL` and `PROPEL_API_URL` are honoured), else a
+    /// FakePropel on loopback with its default Application.
+    pub async fn new() -> Result<Self, BoxError> {
+        let set = |var| std::env::var_os(var).is_some_and(|value| !value.is_empty());
+        if set(CLIENT_ID_VAR) || set(CLIENT_SECRET_VAR) {
+            // Names the variable that is missing, if one is.
+            let config = config::from_env()?;
+            println!("Real Propel at {}", config.api_url());
+            return Ok(Self {
+                fake: None,
+                api_url: config.api_url().to_owned(),
+                sql: "SELECT 1",
+                credentials: config.credentials().clone(),
+                token_url: config.token_url().to_owned(),
+            });
         }
+        let target = Self::fake().await?;
+        println!("(set {CLIENT_ID_VAR} and {CLIENT_SECRET_VAR} to query your account instead)");
+        Ok(target)
+    }
+
+    /// A FakePropel on loopback with its default Application, whatever the
+    /// environment says.
+    pub async fn fake() -> Result<Self, ConfigError> {
+        let fake = FakePropel::start().await;
+        println!("FakePropel at {}", fake.origin());
+        Ok(Self {
+            credentials: Credentials::new(fake.application_id(), fake.application_secret())?,
+            api_url: fake.api_url(),
+            token_url: fake.token_url(),
+            // FakePropel answers every query with the same canned row.
+            sql: "SELECT tenant, count() AS n FROM events GROUP BY tenant",
+            fake: Some(Arc::new(fake)),
+        })
+    }
+
+    /// On FakePropel, the same server with a new Application that has only
+    /// these scopes; `None` against real Propel.
+    pub fn fake_application(&self, id: &str, scopes: &[&str]) -> Option<Target> {
+        let fake = self.fake.as_ref()?;
+        let secret = format!("secret-of-{id}");
+        fake.add_application(id, &secret, scopes);
+        Some(Target {
+            credentials: Credentials::new(id, secret).expect("valid credentials"),
+            ..self.clone()
+        })
+    }
+
+    /// Basic credentials, sent to the API's origin only (what
+    /// `config::from_env()?.basic()` gives).
+    pub fn basic(&self) -> Result<PropelAuthLayer, ConfigError> {
+        PropelAuthLayer::basic(self.credentials.clone()).with_allowed_origins([&self.api_url])
+    }
+
+    /// Tokens from the Token API, sent to the API's origin only (what
+    /// `config::from_env()?.client_credentials()` gives).
+    pub fn client_credentials(&self) -> TokenLayerBuilder {
+        PropelAuthLayer::client_credentials(self.credentials.clone())
+            .token_url(self.token_url.clone())
+            .allowed_origins([self.api_url.clone()])
+    }
+
+    /// `POST` a `sqlV1` query, as a reqwest request. The body is in memory,
+    /// so a retry can send it again.
+    pub fn reqwest_request(&self, sql: &str) -> reqwest::Request {
+        let url = self.api_url.parse().expect("the API URL was checked");
+        let mut request = reqwest::Request::new(reqwest::Method::POST, url);
+        let json = reqwest::header::HeaderValue::from_static("application/json");
+        request
+            .headers_mut()
+            .insert(reqwest::header::CONTENT_TYPE, json);
+        *request.body_mut() = Some(sql_body(sql).into());
+        request
+    }
+
+    /// The same, as an `http::Request` (hyper-util's client, tower-http).
+    pub fn http_request(&self, sql: &str) -> http::Request<Full<Bytes>> {
+        http::Request::post(&self.api_url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(sql_body(sql))))
+            .expect("the API URL was checked")
     }
 }
 
-/// An error and its causes on one line, each said once (a cause's text may
-/// already be part of its parent's).
+/// `{"query": "query { sqlV1(input: { query: \"…\" }) { columns { columnName } rows } }"}`.
+/// A JSON string literal is also a GraphQL one, so serde_json quotes the SQL.
+pub fn sql_body(sql: &str) -> String {
+    let graphql = format!(
+        "query {{ sqlV1(input: {{ query: {} }}) {{ columns {{ columnName }} rows }} }}",
+        serde_json::Value::from(sql)
+    );
+    serde_json::json!({ "query": graphql }).to_string()
+}
+
+/// The `rows` of a `sqlV1` answer, `null` if there are none.
+pub fn rows(body: &[u8]) -> serde_json::Value {
+    let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    json.pointer("/data/sqlV1/rows")
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// An example's exit code: success, or the error, its causes and, for this
+/// crate's errors, what to do about it.
+pub fn exit_code(result: Result<(), BoxError>) -> ExitCode {
+    let Err(err) = result else {
+        return ExitCode::SUCCESS;
+    };
+    eprintln!("error: {}", chain(err.as_ref()));
+    if let Some(hint) = err.downcast_ref::<Error>().and_then(Error::hint) {
+        eprintln!("hint: {hint}");
+    }
+    ExitCode::FAILURE
+}
+
+/// An error and its causes on one line, each said once.
 pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
@@ -43,127 +159,7 @@ pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// Whether to use a real Propel account: either variable means "use my
-/// account"; `config::from_env` then names the one missing.
-pub fn real_propel_requested() -> bool {
-    let set = |var| std::env::var_os(var).is_some_and(|value| !value.is_empty());
-    set(CLIENT_ID_VAR) || set(CLIENT_SECRET_VAR)
-}
-
-/// Where the queries go, and the builder of a client-credentials layer for it.
-pub struct Target {
-    pub builder: TokenLayerBuilder,
-    /// Propel's GraphQL endpoint.
-    pub api_url: String,
-    /// A query that suits the target.
-    pub sql: &'static str,
-    /// `Some` when running against the fake (kept alive while it is used).
-    pub fake: Option<FakePropel>,
-}
-
-impl Target {
-    /// Real Propel when [`real_propel_requested`], else FakePropel with its
-    /// default Application.
-    pub async fn new() -> Result<Self, BoxError> {
-        Self::with_fake_app(|fake| {
-            Credentials::new(fake.application_id(), fake.application_secret())
-        })
-        .await
-    }
-
-    /// Like [`Target::new`], with `app` setting up the fake (when there is
-    /// one) and naming the Application whose credentials the layer uses.
-    pub async fn with_fake_app<E: Into<BoxError>>(
-        app: impl FnOnce(&FakePropel) -> Result<Credentials, E>,
-    ) -> Result<Self, BoxError> {
-        if real_propel_requested() {
-            // Reads PROPEL_CLIENT_ID, PROPEL_CLIENT_SECRET, PROPEL_OAUTH_URL, PROPEL_API_URL.
-            let config = config::from_env()?;
-            println!("Real Propel at {}", config.api_url());
-            return Ok(Self {
-                builder: config.client_credentials(),
-                api_url: config.api_url().to_owned(),
-                sql: "SELECT 1",
-                fake: None,
-            });
-        }
-        let fake = FakePropel::start().await;
-        println!(
-            "FakePropel at {} (set {CLIENT_ID_VAR} and {CLIENT_SECRET_VAR} for real Propel)",
-            fake.origin()
-        );
-        let credentials = app(&fake).map_err(Into::into)?;
-        Ok(Self {
-            builder: PropelAuthLayer::client_credentials(credentials)
-                .token_url(fake.token_url())
-                .api_url(fake.api_url()),
-            api_url: fake.api_url(),
-            sql: "SELECT tenant, count() AS n FROM events GROUP BY tenant",
-            fake: Some(fake),
-        })
-    }
-
-    /// [`Target::api_url`] for reqwest.
-    pub fn url(&self) -> Result<Url, BoxError> {
-        Ok(self.api_url.parse()?)
-    }
-}
-
-/// The JSON body `{"query": "query { sqlV1(input: {query: …}) { columns {
-/// columnName } rows } }"}`. A JSON string literal is also a valid GraphQL
-/// one, so serde_json quotes and escapes the SQL.
-pub fn sql_body(sql: &str) -> String {
-    let graphql = format!(
-        "query {{ sqlV1(input: {{ query: {} }}) {{ columns {{ columnName }} rows }} }}",
-        serde_json::Value::from(sql)
-    );
-    serde_json::json!({ "query": graphql }).to_string()
-}
-
-/// `POST` [`sql_body`] as a reqwest request. The body is in memory, so after
-/// a 401 the layer can send it again (`reqwest::Request::try_clone`).
-pub fn sql_request(api_url: &Url, sql: &str) -> reqwest::Request {
-    let mut request = reqwest::Request::new(Method::POST, api_url.clone());
-    request
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    *request.body_mut() = Some(sql_body(sql).into());
-    request
-}
-
-/// The `rows` of a `sqlV1` answer, `null` if there are none.
-pub fn rows(json: &serde_json::Value) -> serde_json::Value {
-    json.pointer("/data/sqlV1/rows")
-        .cloned()
-        .unwrap_or_default()
-}
-
-/// After `queries` concurrent queries, begun at `started`, of which `ok`
-/// were answered 200: prints what `layer` (and the fake) counted, and fails
-/// unless every query succeeded and all of them shared one token request.
-pub fn check_shared_token(
-    ok: usize,
-    queries: usize,
-    started: Instant,
-    layer: &PropelAuthLayer,
-    fake: Option<&FakePropel>,
-) -> Result<(), BoxError> {
-    let stats = layer.stats();
-    println!(
-        "{ok} of {queries} OK in {:.1} ms; token requests: {} (waited for it: {})",
-        started.elapsed().as_secs_f64() * 1e3,
-        stats.token_requests,
-        stats.waited_for_token
-    );
-    if let Some(fake) = fake {
-        println!(
-            "FakePropel saw {} token request(s) and {} Bearer-authenticated queries",
-            fake.stats().token_requests,
-            fake.stats().api_bearer
-        );
-    }
-    if ok != queries || stats.token_requests != 1 {
-        return Err("expected every query to succeed with one shared token request".into());
-    }
-    Ok(())
+/// Milliseconds, for printing.
+pub fn ms(d: std::time::Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
