@@ -126,6 +126,7 @@ impl PropelAuthLayer {
             secret: None,
             replay: false,
             renewable: false,
+            second_level: None,
         };
         let store = TokenStore::new(TokenParams::default(), Arc::new(config));
         Self::new(
@@ -358,6 +359,7 @@ impl<Source> TokenLayerBuilder<Source> {
             secret,
             replay: self.retry_unauthorized,
             renewable: true,
+            second_level: None,
         };
         let store = TokenStore::new(self.params, Arc::new(config));
         Ok(PropelAuthLayer::new(

@@ -50,6 +50,22 @@ pub(crate) struct CacheConfig {
     pub(crate) replay: bool,
     /// Whether a rejected token can be replaced by another (not a bearer token's).
     pub(crate) renewable: bool,
+    /// Where a fetch looks first: a store the processes of a fleet share.
+    pub(crate) second_level: Option<Arc<dyn SecondLevel>>,
+}
+
+/// A second-level cache (feature `redis`): consulted only where this cache
+/// would fetch, so the hot path never sees it.
+pub(crate) trait SecondLevel: Send + Sync {
+    /// A token for `params`: from the shared store, or from `source` (and
+    /// then shared). `previous` is the token this cache had last: the fetch
+    /// wants another one, so the store's copy of it is no hit.
+    fn fetch(
+        &self,
+        source: Arc<dyn TokenSource>,
+        params: TokenParams,
+        previous: Option<AccessToken>,
+    ) -> BoxFuture<'static, Result<AccessToken, TokenError>>;
 }
 
 /// A token in the cache, with its pre-built header and its deadlines.
@@ -108,6 +124,9 @@ struct Slow {
     failure: Option<TokenError>,
     /// Background refreshes that failed in a row, for the backoff.
     failed_refreshes: u32,
+    /// The token a 401 dropped, until the next one is published: what the
+    /// next fetch replaces.
+    dropped: Option<Arc<CachedToken>>,
 }
 
 struct InFlight {
@@ -256,6 +275,7 @@ impl TokenCache {
         {
             return Invalidated::AlreadyReplaced;
         }
+        slow.dropped = Some(rejected);
         slow.cooldown_until = Some(now + inner.config.settings.cooldown);
         slow.failure = None;
         tracing::info!("Propel rejected the cached access token with 401; fetching a new one");
@@ -318,12 +338,17 @@ impl CacheInner {
         slow.counter += 1;
         let id = slow.counter;
         let (tx, rx) = oneshot::channel();
+        let previous = self
+            .current
+            .load_full()
+            .or_else(|| slow.dropped.clone())
+            .map(|token| token.token.clone());
         let guard = FlightGuard {
             cache: Arc::clone(self),
             id,
             tx: Some(tx),
         };
-        runtime.spawn(guard.run());
+        runtime.spawn(guard.run(previous));
         let outcome = async move {
             // The guard always answers; this is only for a task that was
             // never polled and whose runtime could not even drop it.
@@ -338,8 +363,9 @@ impl CacheInner {
         Ok(outcome)
     }
 
-    /// One token request, under the fetch timeout, in its tracing span.
-    async fn fetch(&self) -> Result<AccessToken, TokenError> {
+    /// One token request (through the second level, if any), under the
+    /// fetch timeout, in its tracing span.
+    async fn fetch(&self, previous: Option<AccessToken>) -> Result<AccessToken, TokenError> {
         let config = &self.config;
         Counters::bump(&config.counters.token_requests);
         let span = tracing::info_span!(
@@ -348,13 +374,16 @@ impl CacheInner {
             outcome = tracing::field::Empty,
         );
         let started = std::time::Instant::now();
-        let result = tokio::time::timeout(
-            config.settings.fetch_timeout,
-            config.source.fetch_token(&self.params),
-        )
-        .instrument(span.clone())
-        .await
-        .unwrap_or_else(|_| Err(TokenError::new(TokenErrorKind::Timeout)));
+        let fetch = match &config.second_level {
+            Some(second_level) => {
+                second_level.fetch(Arc::clone(&config.source), self.params.clone(), previous)
+            }
+            None => config.source.fetch_token(&self.params),
+        };
+        let result = tokio::time::timeout(config.settings.fetch_timeout, fetch)
+            .instrument(span.clone())
+            .await
+            .unwrap_or_else(|_| Err(TokenError::new(TokenErrorKind::Timeout)));
         let elapsed_ms = started.elapsed().as_millis() as u64;
         match &result {
             Ok(token) => {
@@ -392,6 +421,7 @@ impl CacheInner {
                     refresh_from: AtomicU64::new(deadlines.refresh_at.0),
                 });
                 self.current.store(Some(Arc::clone(&cached)));
+                slow.dropped = None;
                 slow.failure = None;
                 slow.failed_refreshes = 0;
                 Outcome(Ok(cached))
@@ -488,8 +518,8 @@ struct FlightGuard {
 }
 
 impl FlightGuard {
-    async fn run(mut self) {
-        let result = self.cache.fetch().await;
+    async fn run(mut self, previous: Option<AccessToken>) {
+        let result = self.cache.fetch(previous).await;
         self.end(result);
     }
 
