@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 
 use crate::error::{ForbiddenReason, TokenErrorKind};
 use crate::error_body::{excerpt, forbidden_from_body, parse_error_body, Capped};
+use crate::token::access_token::MAX_LIFETIME;
 use crate::token::client_credentials::{retry_after, token_from_response};
 use crate::token::http_client::TokenHttpResponse;
 use crate::{AccessToken, Scope};
@@ -26,7 +27,6 @@ use crate::{AccessToken, Scope};
 const EXCERPT_CAP: usize = 300 + 1;
 /// The lifetime clamp of `AccessToken::from_response`.
 const MIN_LIFETIME: Duration = Duration::from_secs(1);
-const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// The lifetime assumed when neither `expires_in` nor `exp` says.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
 

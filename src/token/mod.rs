@@ -2,7 +2,7 @@
 //! ([`AccessToken`]), what they are minted for ([`TokenParams`]), and the
 //! shared cache that hands them to requests.
 
-mod access_token;
+pub(crate) mod access_token;
 pub(crate) mod cache;
 pub(crate) mod client_credentials;
 pub(crate) mod clock;

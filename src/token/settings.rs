@@ -103,7 +103,8 @@ impl Settings {
                 "it must be more than zero and at most backoff_max",
             ));
         }
-        const DAY: Duration = Duration::from_secs(24 * 3600);
+        // As long as any token may live: longer only overflows the clock.
+        const DAY: Duration = super::access_token::MAX_LIFETIME;
         let durations = [
             self.safety_margin,
             self.fetch_timeout,

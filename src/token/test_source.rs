@@ -20,7 +20,7 @@ use super::{AccessToken, Settings, TokenParams, TokenSource};
 use crate::error::{TokenError, TokenErrorKind};
 use crate::{Error, PropelAuth, PropelAuthLayer};
 
-pub(crate) const API: &str = "https://api.us-east-2.propeldata.com/graphql";
+pub(crate) const API: &str = crate::DEFAULT_API_URL;
 pub(crate) const HOUR: Duration = Duration::from_secs(3600);
 
 /// What the next fetch does.
