@@ -16,12 +16,10 @@
 
 mod support;
 
-use std::convert::Infallible;
-
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{header, Request, Response, StatusCode};
 use serde_json::{json, Value};
 use support::Target;
-use tower::{BoxError, Layer, Service, ServiceExt};
+use tower::{BoxError, Layer, ServiceExt};
 use tower_propel_auth::secrecy::ExposeSecret;
 use tower_propel_auth::{AccessToken, PropelAuthLayer, TokenParams};
 
@@ -33,49 +31,35 @@ struct Session {
     tenant: String,
 }
 
-/// The back end's token endpoint, as a tower service (mount it in axum,
-/// hyper …): `{"access_token": "eyJ…", "expires_in": 3599, "token_type": "Bearer"}`.
-fn token_endpoint(
-    layer: PropelAuthLayer,
-) -> impl Service<Request<()>, Response = Response<String>, Error = Infallible> + Clone {
-    tower::service_fn(move |request: Request<()>| {
-        let layer = layer.clone();
-        async move {
-            let Some(Session { tenant }) = request.extensions().get::<Session>().cloned() else {
-                return Ok(reply(
-                    StatusCode::UNAUTHORIZED,
-                    json!({ "error": "no session" }),
-                ));
-            };
-            Ok(
-                match layer.access_token(Some(&TokenParams::tenant(tenant))).await {
-                    Ok(token) => reply(
-                        StatusCode::OK,
-                        json!({
-                            "access_token": token.secret().expose_secret(),
-                            "expires_in": token.expires_in().as_secs(),
-                            "token_type": "Bearer",
-                        }),
-                    ),
-                    // One line, with no secret in it.
-                    Err(err) => reply(StatusCode::BAD_GATEWAY, json!({ "error": err.to_string() })),
-                },
-            )
-        }
-    })
+/// The back end's token endpoint (`GET /token` behind your session
+/// authentication, in axum, hyper …):
+/// `{"access_token": "eyJ…", "expires_in": 3599, "token_type": "Bearer"}`.
+async fn token_endpoint(layer: &PropelAuthLayer, request: Request<()>) -> Response<String> {
+    let Some(Session { tenant }) = request.extensions().get::<Session>().cloned() else {
+        return reply(StatusCode::UNAUTHORIZED, json!({ "error": "no session" }));
+    };
+    match layer.access_token(Some(&TokenParams::tenant(tenant))).await {
+        Ok(token) => reply(
+            StatusCode::OK,
+            json!({
+                "access_token": token.secret().expose_secret(),
+                "expires_in": token.expires_in().as_secs(),
+                "token_type": "Bearer",
+            }),
+        ),
+        // One line, with no secret in it.
+        Err(err) => reply(StatusCode::BAD_GATEWAY, json!({ "error": err.to_string() })),
+    }
 }
 
 fn reply(status: StatusCode, body: Value) -> Response<String> {
-    let mut response = Response::new(body.to_string());
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    // Nothing between here and the front end may keep a token.
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        // Nothing between here and the front end may keep a token.
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(body.to_string())
+        .expect("a valid response")
 }
 
 #[tokio::main]
@@ -93,7 +77,6 @@ async fn run() -> Result<(), BoxError> {
     }
 
     let back_end = target.client_credentials().build()?;
-    let endpoint = token_endpoint(back_end.clone());
 
     for tenant in ["acme", "globex", "acme"] {
         // The front end asks its back end for a token…
@@ -101,7 +84,7 @@ async fn run() -> Result<(), BoxError> {
         request.extensions_mut().insert(Session {
             tenant: tenant.into(),
         });
-        let answer = endpoint.clone().oneshot(request).await?;
+        let answer = token_endpoint(&back_end, request).await;
         let json: Value = serde_json::from_str(answer.body())?;
         let token = json["access_token"].as_str().ok_or(answer.body().clone())?;
 

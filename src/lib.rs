@@ -90,6 +90,12 @@ pub mod testing;
 #[cfg(test)]
 mod proptests;
 
+// The README's snippets, compiled (and run, unless `no_run`) as doc tests so
+// that they cannot drift from the code.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme_doctests {}
+
 pub use credentials::Credentials;
 pub use error::{
     ConfigError, Error, Forbidden, ForbiddenReason, InsecureTransport, TokenError, TokenErrorKind,

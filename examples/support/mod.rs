@@ -37,7 +37,7 @@ impl Target {
         if set(CLIENT_ID_VAR) || set(CLIENT_SECRET_VAR) {
             // Names the variable that is missing, if one is.
             let config = config::from_env()?;
-            println!("Real Propel at {}", config.api_url());
+            println!("Your account, at {}", config.api_url());
             return Ok(Self {
                 fake: None,
                 api_url: config.api_url().to_owned(),
