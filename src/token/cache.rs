@@ -439,6 +439,10 @@ impl CacheInner {
         let mut slow = self.lock_slow();
         if slow.flight.as_ref().is_some_and(|flight| flight.id == id) {
             slow.flight = None;
+            // A refresh ahead that never ran: the next reader tries again.
+            if let Some(current) = self.current.load_full() {
+                current.refresh_from(self.config.clock.now());
+            }
         }
         Outcome(Err(abandoned(false)))
     }

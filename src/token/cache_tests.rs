@@ -709,3 +709,44 @@ fn a_401_on_a_token_just_published_never_runs_two_token_requests_at_once() {
         "two token requests overlapped"
     );
 }
+
+#[test]
+fn a_refresh_dropped_with_its_runtime_is_tried_again_by_the_next_reader() {
+    let source = ScriptedSource::new(Duration::ZERO, Step::Token(HOUR))
+        .then(Step::Token(HOUR))
+        .then(Step::Hang);
+    let (layer, clock) = layer_with(&source, Settings::default(), false);
+    let service = layer.layer_over(Api::default());
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let main = runtime();
+    assert_eq!(main.block_on(send(&service)).unwrap(), "Bearer token1");
+    clock.advance(Duration::from_secs(3000)); // past the refresh point, not stale
+
+    // A request on another runtime starts the refresh, and that runtime goes.
+    let other = runtime();
+    other.block_on(async {
+        assert_eq!(send(&service).await.unwrap(), "Bearer token1");
+        while source.calls() < 2 {
+            tokio::task::yield_now().await;
+        }
+    });
+    drop(other);
+
+    // The next reader starts it again, and goes on with token1 meanwhile.
+    main.block_on(async {
+        assert_eq!(send(&service).await.unwrap(), "Bearer token1");
+        for _ in 0..1000 {
+            if send(&service).await.unwrap() == "Bearer token3" {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("the refresh was not tried again");
+    });
+    assert_eq!(source.calls(), 3);
+}
