@@ -306,9 +306,13 @@ impl<Source> TokenLayerBuilder<Source> {
     pub fn allowed_origins<I>(mut self, urls: I) -> Self
     where
         I: IntoIterator,
-        I::Item: Into<String>,
+        I::Item: AsRef<str>,
     {
-        self.origins = Some(urls.into_iter().map(Into::into).collect());
+        self.origins = Some(
+            urls.into_iter()
+                .map(|url| url.as_ref().to_owned())
+                .collect(),
+        );
         self
     }
 

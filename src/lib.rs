@@ -10,6 +10,7 @@
 //!
 //! ```
 //! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_propel_auth::retry::TransientErrors;
 //! use tower_propel_auth::{Credentials, FakePropel, PropelAuthLayer};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -23,7 +24,10 @@
 //!     .token_url(propel.token_url())
 //!     .allowed_origins([propel.api_url()])
 //!     .build()?;
+//! // retry → timeout → auth → client: the retry resends what a fresh token
+//! // or a second try may cure, the timeout bounds the wait for a token too.
 //! let client = ServiceBuilder::new()
+//!     .retry(TransientErrors::new(3))
 //!     .timeout(std::time::Duration::from_secs(30))
 //!     .layer(auth.clone())
 //!     .service(reqwest::Client::new());
@@ -49,7 +53,7 @@
 //!
 //! | Propel answers | you get |
 //! |---|---|
-//! | 401 | one fresh token and one retry, then [`Error::Unauthorized`] |
+//! | 401 | the rejected token is dropped and [`Error::Unauthorized`] returned, [`Error::is_transient`] when a fresh token may cure it: [`retry::TransientErrors`] resends it at once (or build with [`TokenLayerBuilder::retry_unauthorized`]); a second 401 is final |
 //! | 403 | [`Error::Forbidden`] naming the missing [`Scope`] or the policy problem |
 //! | Token API 400 | [`Error::Token`] saying whether grant type, client id or secret is wrong |
 //! | Token API 429 / 5xx / timeout | [`Error::Token`], [`Error::is_transient`] |
