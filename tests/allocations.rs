@@ -137,7 +137,7 @@ impl TokenSource for InstantSource {
 
 fn cached_layer(retry_unauthorized: bool) -> PropelAuthLayer {
     PropelAuthLayer::token_source(InstantSource)
-        .api_url(API_URL)
+        .allowed_origins([API_URL])
         .retry_unauthorized(retry_unauthorized)
         .build()
         .expect("a valid layer")
@@ -239,7 +239,8 @@ fn a_cached_token_request_allocates_no_more_than_add_authorization() {
     );
 }
 
-/// With the 401 replay on (the default), the cached-token path keeps a copy
+/// With the layer's own 401 replay on (`retry_unauthorized(true)`; off by
+/// default), the cached-token path keeps a copy
 /// of the request to send again after a 401. For this request (a static URI,
 /// a `Full<Bytes>` body from a static slice, one `content-type` header, no
 /// extensions) the copy costs what cloning its `HeaderMap` costs (the index
@@ -282,7 +283,7 @@ fn basic_credentials_allocate_no_more_than_add_authorization() {
         .expect("valid credentials");
     let basic = allocations_per_request(
         PropelAuthLayer::basic(credentials)
-            .with_api_url(API_URL)
+            .with_allowed_origins([API_URL])
             .expect("a valid API URL")
             .layer(inner()),
     );

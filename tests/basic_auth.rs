@@ -217,6 +217,8 @@ async fn bad_basic_credentials_are_unauthorized_at_once() {
         err.to_string().contains("Application ID and secret"),
         "{err}"
     );
+    let hint = err.hint().expect("a hint");
+    assert!(hint.contains("secret is current"), "{hint}");
     assert!(!err.to_string().contains(secret) && !format!("{err:?}").contains(secret));
 
     let stats = fake.stats();

@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::StatusCode;
 use tower::{BoxError, Layer, ServiceBuilder, ServiceExt};
 use tower_propel_auth::testing::ApiFault;
-use tower_propel_auth::{Error, Scope};
+use tower_propel_auth::{Error, Scope, TokenHttpClient, TokenParams};
 
 use support::{
     graphql, hyper_client, json, recording, reqwest_graphql, start, token_layer, Recorded,
@@ -65,7 +65,7 @@ async fn a_hyper_client_given_for_token_requests_fetches_the_tokens() {
     let fake = start().await;
     let recorded = Recorded::default();
     let layer = token_layer(&fake)
-        .http_client(recording(hyper_client(), &recorded))
+        .http_client(TokenHttpClient::new(recording(hyper_client(), &recorded)))
         .build()
         .unwrap();
 
@@ -95,7 +95,7 @@ async fn a_hyper_client_given_for_token_requests_fetches_the_tokens() {
 async fn the_layer_sits_in_a_service_builder_stack_and_its_errors_downcast() {
     let fake = start().await;
     let layer = token_layer(&fake)
-        .scopes([Scope::MetricQuery])
+        .params(TokenParams::new().with_scopes([Scope::MetricQuery]))
         .build()
         .unwrap();
     let client = ServiceBuilder::new()

@@ -22,7 +22,8 @@ use tower_propel_auth::testing::TokenFault;
 use tower_propel_auth::{Credentials, Error, PropelAuth, PropelAuthLayer, Scope, TokenErrorKind};
 
 use support::{
-    graphql, hyper_client, json, start, token_layer, token_layer_with, HyperClient, DATA_POOL_QUERY,
+    graphql, hyper_client, json, metric_only_application, settings, start, token_layer,
+    token_layer_with, within_10s, HyperClient, DATA_POOL_QUERY,
 };
 
 fn assert_clone_send_sync_static<T: Clone + Send + Sync + 'static>(_: &T) {}
@@ -61,13 +62,6 @@ fn full_stack(
         .service(hyper_client())
 }
 
-/// A safety net: a test of a bound fails instead of hanging when the bound is gone.
-async fn within_10s<F: std::future::Future>(future: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(10), future)
-        .await
-        .expect("the request ended within 10 s")
-}
-
 #[tokio::test]
 async fn the_layer_its_service_and_the_full_stack_are_clone_send_and_static() {
     let fake = start().await;
@@ -95,8 +89,7 @@ async fn the_layer_its_service_and_the_full_stack_are_clone_send_and_static() {
 #[tokio::test]
 async fn a_403_downcasts_to_forbidden_through_trace_retry_buffer_timeout_and_limit() {
     let fake = start().await;
-    fake.add_application("APP01METRICONLY", "metric-only-secret", &["metric:query"]);
-    let credentials = Credentials::new("APP01METRICONLY", "metric-only-secret").unwrap();
+    let credentials = metric_only_application(&fake);
     let layer = token_layer_with(&fake, credentials).build().unwrap();
 
     let err =
@@ -119,7 +112,7 @@ async fn a_token_api_400_downcasts_to_a_token_error_through_the_stack() {
     let fake = start().await;
     let wrong = Credentials::new(fake.application_id(), "not-the-secret").unwrap();
     let layer = token_layer_with(&fake, wrong)
-        .cooldown(Duration::ZERO)
+        .settings(settings(|s| s.cooldown = Duration::ZERO))
         .build()
         .unwrap();
 
@@ -147,7 +140,10 @@ async fn a_token_api_503_is_retried_through_the_buffer_and_the_timeout() {
     );
     // The retry policy sees the error boxed by the buffer and the timeout; it
     // retries only because the error still downcasts to a transient `Error`.
-    let layer = token_layer(&fake).cooldown(Duration::ZERO).build().unwrap();
+    let layer = token_layer(&fake)
+        .settings(settings(|s| s.cooldown = Duration::ZERO))
+        .build()
+        .unwrap();
 
     let response = within_10s(full_stack(layer).oneshot(graphql(&fake.api_url(), DATA_POOL_QUERY)))
         .await
@@ -163,7 +159,7 @@ async fn a_timeout_outside_the_layer_bounds_the_wait_for_a_token() {
     fake.set_token_fault(Some(TokenFault::Hang));
     // The layer would wait a minute for the Token API …
     let layer = token_layer(&fake)
-        .fetch_timeout(Duration::from_secs(60))
+        .settings(settings(|s| s.fetch_timeout = Duration::from_secs(60)))
         .build()
         .unwrap();
     // … but the request is bounded by the timeout around it.

@@ -10,11 +10,11 @@ use http::StatusCode;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_propel_auth::retry::TransientErrors;
 use tower_propel_auth::testing::TokenFault;
-use tower_propel_auth::{Credentials, Error, Scope, TokenErrorKind};
+use tower_propel_auth::{Credentials, Error, Scope, Settings, TokenErrorKind};
 
 use support::{
-    expect_err, graphql, hyper_client, start, token_layer, token_layer_with, DATA_POOL_QUERY,
-    METRIC_QUERY,
+    expect_err, graphql, hyper_client, metric_only_application, settings, start, token_layer,
+    token_layer_with, within_10s, DATA_POOL_QUERY, METRIC_QUERY,
 };
 
 /// At most this many retries, so at most `MAX_RETRIES + 1` attempts.
@@ -38,20 +38,17 @@ fn token_503() -> TokenFault {
     }
 }
 
-/// A safety net: a test of a bound fails instead of hanging when the bound is gone.
-async fn within_10s<F: std::future::Future>(future: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(10), future)
-        .await
-        .expect("the request ended within 10 s")
+/// No cool-down: each attempt asks the Token API again, so the fake's count
+/// of token requests is the number of attempts.
+fn no_cooldown() -> Settings {
+    settings(|s| s.cooldown = Duration::ZERO)
 }
 
 #[tokio::test]
 async fn two_token_api_503s_are_retried_and_the_request_then_succeeds() {
     let fake = start().await;
     fake.fail_next_token_requests(2, token_503());
-    // No cool-down: each attempt asks the Token API again, so the fake's
-    // count is the number of attempts.
-    let layer = token_layer(&fake).cooldown(Duration::ZERO).build().unwrap();
+    let layer = token_layer(&fake).settings(no_cooldown()).build().unwrap();
     let client = ServiceBuilder::new()
         .retry(policy())
         .layer(layer.clone())
@@ -76,8 +73,7 @@ async fn two_token_api_503s_are_retried_and_the_request_then_succeeds() {
 #[tokio::test]
 async fn a_403_is_never_retried() {
     let fake = start().await;
-    fake.add_application("APP01METRICONLY", "metric-only-secret", &["metric:query"]);
-    let credentials = Credentials::new("APP01METRICONLY", "metric-only-secret").unwrap();
+    let credentials = metric_only_application(&fake);
     let layer = token_layer_with(&fake, credentials).build().unwrap();
     let client = ServiceBuilder::new()
         .retry(policy())
@@ -113,7 +109,7 @@ async fn a_token_api_400_for_a_wrong_secret_is_never_retried() {
     // No cool-down: a retry would reach the Token API again, so the fake's
     // count shows the policy's choice, not the cache's fail-fast.
     let layer = token_layer_with(&fake, wrong)
-        .cooldown(Duration::ZERO)
+        .settings(no_cooldown())
         .build()
         .unwrap();
     let client = ServiceBuilder::new()
@@ -138,7 +134,7 @@ async fn a_token_api_400_for_a_wrong_secret_is_never_retried() {
 async fn a_persistent_token_api_503_gives_up_after_the_last_retry() {
     let fake = start().await;
     fake.set_token_fault(Some(token_503()));
-    let layer = token_layer(&fake).cooldown(Duration::ZERO).build().unwrap();
+    let layer = token_layer(&fake).settings(no_cooldown()).build().unwrap();
     let client = ServiceBuilder::new()
         .retry(policy())
         .layer(layer)
@@ -164,7 +160,7 @@ async fn a_persistent_token_api_503_gives_up_after_the_last_retry() {
 async fn each_request_gets_its_own_retry_budget() {
     let fake = start().await;
     fake.set_token_fault(Some(token_503()));
-    let layer = token_layer(&fake).cooldown(Duration::ZERO).build().unwrap();
+    let layer = token_layer(&fake).settings(no_cooldown()).build().unwrap();
     let client = ServiceBuilder::new()
         .retry(policy())
         .layer(layer)

@@ -27,7 +27,9 @@ use tower_propel_auth::{
 use tracing_subscriber::fmt::format::FmtSpan;
 use tracing_subscriber::EnvFilter;
 
-use support::{graphql, hyper_client, token_layer_with, HyperClient, DATA_POOL_QUERY};
+use support::{
+    closed_port, graphql, hyper_client, settings, token_layer_with, HyperClient, DATA_POOL_QUERY,
+};
 
 const APPLICATION: &str = "APP01SENTINELAPPLICATION";
 const SECRET: &str = "SENTINEL-SECRET-8c1f4e2a9b7d6c5e3f1a0b9c8d7e6f5a";
@@ -161,9 +163,10 @@ async fn no_secret_or_token_shows_in_logs_debug_display_or_errors_and_headers_ar
     );
     let credentials = Credentials::new(APPLICATION, SECRET).unwrap();
     let builder = || {
-        token_layer_with(&fake, credentials.clone())
-            .fetch_timeout(Duration::from_millis(300))
-            .cooldown(Duration::from_millis(20))
+        token_layer_with(&fake, credentials.clone()).settings(settings(|s| {
+            s.fetch_timeout = Duration::from_millis(300);
+            s.cooldown = Duration::from_millis(20);
+        }))
     };
     let seen = Seen::default();
     let mut shown = Shown::default();
@@ -192,8 +195,8 @@ async fn no_secret_or_token_shows_in_logs_debug_display_or_errors_and_headers_ar
     shown.debug("PropelAuth", &service);
     shown.debug("Stats", &layer.stats());
 
-    // 2. API 401 that echoes the token and the secret: one refresh, then
-    //    Unauthorized.
+    // 2. API 401 that echoes the token and the secret: Unauthorized, and the
+    //    token is dropped and its successor fetched.
     fake.set_api_fault(Some(ApiFault::Status {
         status: 401,
         body: Bytes::from(echo(first.secret().expose_secret())),
@@ -266,9 +269,7 @@ async fn no_secret_or_token_shows_in_logs_debug_display_or_errors_and_headers_ar
     fake.set_token_fault(None);
 
     // 7. A refused connection to the Token API (reqwest's error as the source).
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = closed.local_addr().unwrap();
-    drop(closed);
+    let addr = closed_port();
     let layer = builder()
         .token_url(format!("http://{addr}/oauth2/token"))
         .build()
@@ -279,7 +280,7 @@ async fn no_secret_or_token_shows_in_logs_debug_display_or_errors_and_headers_ar
     // 8. Basic credentials: a success, then a 401 that echoes the header.
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("{APPLICATION}:{SECRET}"));
     let basic_layer = PropelAuthLayer::basic(credentials.clone())
-        .with_api_url(&fake.api_url())
+        .with_allowed_origins([fake.api_url()])
         .unwrap();
     let basic_service = basic_layer.layer(recording(hyper_client(), &seen));
     let response = basic_service
@@ -308,7 +309,7 @@ async fn no_secret_or_token_shows_in_logs_debug_display_or_errors_and_headers_ar
 
     // 10. Insecure transport.
     let insecure = PropelAuthLayer::basic(credentials.clone())
-        .with_api_url("http://10.0.0.1:8080/graphql")
+        .with_allowed_origins(["http://10.0.0.1:8080/graphql"])
         .unwrap();
     let err = insecure
         .layer(recording(hyper_client(), &seen))

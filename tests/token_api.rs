@@ -11,13 +11,13 @@ use serde_json::json;
 use tower::{Layer, ServiceExt};
 use tower_propel_auth::testing::TokenFault;
 use tower_propel_auth::{
-    ClientAuth, Credentials, Error, FakePropel, Scope, TokenError, TokenErrorKind,
-    TokenLayerBuilder, TokenRequestField,
+    ClientAuth, Credentials, Error, FakePropel, Scope, TokenErrorKind, TokenHttpClient,
+    TokenLayerBuilder, TokenParams, TokenRequestField,
 };
 
 use support::{
     counting_bodies, credentials, expect_err, graphql, hyper_client, json, recording, start,
-    token_layer, token_layer_with, BodyBytes, Query, Recorded, DATA_POOL_QUERY,
+    token_error, token_layer, token_layer_with, BodyBytes, Query, Recorded, DATA_POOL_QUERY,
 };
 
 /// Sends one query through a layer built from `builder`; it must fail for
@@ -36,14 +36,6 @@ async fn token_failure(fake: &FakePropel, builder: TokenLayerBuilder) -> Error {
     assert_eq!(after.api_requests, before.api_requests, "nothing was sent");
     assert_eq!(layer.stats().token_failures, 1);
     err
-}
-
-#[track_caller]
-fn token_error(err: &Error) -> &TokenError {
-    match err {
-        Error::Token(token) => token,
-        other => panic!("expected Error::Token, got {other:?}"),
-    }
 }
 
 /// A 400 with this RFC 6749 body for the next token request.
@@ -122,7 +114,7 @@ async fn a_scope_beyond_the_applications_is_invalid_scope() {
         &fake,
         Credentials::new("APP01NOADMIN", "no-admin-secret").unwrap(),
     )
-    .scopes([Scope::Admin]);
+    .params(TokenParams::new().with_scopes([Scope::Admin]));
     let err = token_failure(&fake, builder).await;
     let token = token_error(&err);
     assert_eq!(token.kind(), TokenErrorKind::InvalidScope);
@@ -207,7 +199,7 @@ async fn an_oversized_token_answer_is_an_invalid_response() {
     let counter = BodyBytes::default();
     let err = token_failure(
         &fake,
-        token_layer(&fake).http_client(counting_bodies(&counter)),
+        token_layer(&fake).http_client(TokenHttpClient::new(counting_bodies(&counter))),
     )
     .await;
     assert_eq!(token_error(&err).kind(), TokenErrorKind::InvalidResponse);
@@ -255,7 +247,7 @@ async fn form_body_and_basic_header_client_auth_are_both_accepted() {
         let recorded = Recorded::default();
         let layer = token_layer(&fake)
             .client_auth(client_auth)
-            .http_client(recording(hyper_client(), &recorded))
+            .http_client(TokenHttpClient::new(recording(hyper_client(), &recorded)))
             .build()
             .unwrap();
         let response = layer
@@ -295,9 +287,13 @@ async fn scopes_and_policy_values_arrive_as_sent() {
     let fake = start().await;
     let recorded = Recorded::default();
     let layer = token_layer(&fake)
-        .scopes([Scope::MetricQuery, Scope::DataPoolQuery])
-        .policy_values_json(r#"{"tenant_id":"123","region":"eu"}"#)
-        .http_client(recording(hyper_client(), &recorded))
+        .params(
+            TokenParams::new()
+                .with_scopes([Scope::MetricQuery, Scope::DataPoolQuery])
+                .with_policy_values_json(r#"{"tenant_id":"123","region":"eu"}"#)
+                .unwrap(),
+        )
+        .http_client(TokenHttpClient::new(recording(hyper_client(), &recorded)))
         .build()
         .unwrap();
     let response = layer.query(&fake).await.expect("succeeds");

@@ -1,13 +1,16 @@
 //! Helpers shared by the integration tests: a FakePropel, real HTTP clients
-//! over loopback, GraphQL requests, and layers pointed at the fake.
+//! over loopback, GraphQL requests, layers pointed at the fake, and the
+//! Applications and settings several files use.
 //!
 //! Every test file does `mod support;` and uses only some of these, hence the
 //! `#[allow(dead_code)]` on each.
 
 use std::fmt::Debug;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response};
@@ -20,7 +23,8 @@ use serde_json::Value;
 use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 use tower_propel_auth::{
-    Credentials, Error, FakePropel, PropelAuth, PropelAuthLayer, TokenLayerBuilder,
+    Credentials, Error, FakePropel, PropelAuth, PropelAuthLayer, Settings, TokenError,
+    TokenLayerBuilder,
 };
 
 /// A query that needs `data_pool:query`.
@@ -40,6 +44,50 @@ pub type HyperClient = Client<HttpConnector, Full<Bytes>>;
 #[allow(dead_code)]
 pub async fn start() -> FakePropel {
     FakePropel::start().await
+}
+
+/// A FakePropel served by a runtime of its own, on a thread of its own: it
+/// keeps answering while the test's runtime is not driven at all.
+#[allow(dead_code)]
+pub struct FakeOnItsOwnRuntime {
+    // Dropped first: the server shuts down, then its runtime.
+    fake: FakePropel,
+    _runtime: tokio::runtime::Runtime,
+}
+
+#[allow(dead_code)]
+impl FakeOnItsOwnRuntime {
+    /// Starts the fake on a new one-worker runtime. Call it outside any runtime.
+    pub fn start() -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("fake-propel")
+            .enable_all()
+            .build()
+            .expect("a runtime for the fake");
+        let fake = runtime.block_on(FakePropel::start());
+        Self {
+            fake,
+            _runtime: runtime,
+        }
+    }
+}
+
+impl std::ops::Deref for FakeOnItsOwnRuntime {
+    type Target = FakePropel;
+
+    fn deref(&self) -> &FakePropel {
+        &self.fake
+    }
+}
+
+/// A loopback address with nothing listening on it.
+#[allow(dead_code)]
+pub fn closed_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    let addr = listener.local_addr().expect("a bound address");
+    drop(listener);
+    addr
 }
 
 /// A fresh hyper-util legacy client.
@@ -126,8 +174,29 @@ pub fn basic_layer(fake: &FakePropel) -> PropelAuthLayer {
 #[allow(dead_code)]
 pub fn basic_layer_with(fake: &FakePropel, credentials: Credentials) -> PropelAuthLayer {
     PropelAuthLayer::basic(credentials)
-        .with_api_url(&fake.api_url())
+        .with_allowed_origins([fake.api_url()])
         .expect("the fake's API URL is allowed")
+}
+
+/// Adds an Application with only `metric:query` to the fake: its tokens may
+/// query Metrics but not Data Pools.
+#[allow(dead_code)]
+pub fn metric_only_application(fake: &FakePropel) -> Credentials {
+    fake.add_application("APP01METRICONLY", "metric-only-secret", &["metric:query"]);
+    Credentials::new("APP01METRICONLY", "metric-only-secret").expect("valid credentials")
+}
+
+/// Adds an Application without `admin` to the fake: with
+/// `require_tenant_policy` on, its queries need a token minted with a
+/// `tenant_id`.
+#[allow(dead_code)]
+pub fn tenanted_application(fake: &FakePropel) -> Credentials {
+    fake.add_application(
+        "APP01TENANTED",
+        "tenanted-secret",
+        &["data_pool:query", "metric:query"],
+    );
+    Credentials::new("APP01TENANTED", "tenanted-secret").expect("valid credentials")
 }
 
 /// Sends one Data Pool query through a layer over a fresh hyper client:
@@ -156,7 +225,33 @@ pub fn token_layer(fake: &FakePropel) -> TokenLayerBuilder {
 pub fn token_layer_with(fake: &FakePropel, credentials: Credentials) -> TokenLayerBuilder {
     PropelAuthLayer::client_credentials(credentials)
         .token_url(fake.token_url())
-        .api_url(fake.api_url())
+        .allowed_origins([fake.api_url()])
+}
+
+/// The default settings with `edit` applied:
+/// `settings(|s| s.cooldown = Duration::ZERO)`.
+#[allow(dead_code)]
+pub fn settings(edit: impl FnOnce(&mut Settings)) -> Settings {
+    let mut settings = Settings::default();
+    edit(&mut settings);
+    settings
+}
+
+/// Sends one query through `layer` and checks it succeeds with the first
+/// token request: the cache then holds a token.
+#[allow(dead_code)]
+pub async fn prime(fake: &FakePropel, layer: &PropelAuthLayer) {
+    let response = layer.query(fake).await.expect("the first request succeeds");
+    assert_eq!(response.status(), http::StatusCode::OK);
+    assert_eq!(fake.stats().token_requests, 1);
+}
+
+/// A safety net: a test of a bound fails instead of hanging when the bound is gone.
+#[allow(dead_code)]
+pub async fn within_10s<F: Future>(future: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(10), future)
+        .await
+        .expect("the request ended within 10 s")
 }
 
 /// The error of a result that must have failed.
@@ -166,6 +261,16 @@ pub fn expect_err<T>(result: Result<T, Error>) -> Error {
     match result {
         Ok(_) => panic!("expected an error, got a response"),
         Err(err) => err,
+    }
+}
+
+/// The token error inside `err`.
+#[allow(dead_code)]
+#[track_caller]
+pub fn token_error(err: &Error) -> &TokenError {
+    match err {
+        Error::Token(token) => token,
+        other => panic!("expected Error::Token, got {other:?}"),
     }
 }
 
