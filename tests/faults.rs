@@ -27,8 +27,8 @@ use tower_propel_auth::{
 };
 
 use support::{
-    counting_bodies, expect_err, graphql, hyper_client, start, token_layer, BodyBytes,
-    DATA_POOL_QUERY,
+    closed_port, counting_bodies, expect_err, graphql, hyper_client, settings, start, token_error,
+    token_layer, BodyBytes, DATA_POOL_QUERY,
 };
 
 /// The layer's token request timeout in every case.
@@ -45,9 +45,10 @@ const EXCERPT_CAP: usize = 301;
 /// A client-credentials builder pointed at `fake`, with the short fetch
 /// timeout and cool-down of this file.
 fn builder(fake: &FakePropel) -> TokenLayerBuilder {
-    token_layer(fake)
-        .fetch_timeout(FETCH_TIMEOUT)
-        .cooldown(COOLDOWN)
+    token_layer(fake).settings(settings(|s| {
+        s.fetch_timeout = FETCH_TIMEOUT;
+        s.cooldown = COOLDOWN;
+    }))
 }
 
 /// Sends one Data Pool query through `service`, failing the test if it takes
@@ -83,15 +84,6 @@ where
     }
 }
 
-/// The token error inside `err`.
-#[track_caller]
-fn token_error(err: Error) -> TokenError {
-    match err {
-        Error::Token(err) => err,
-        other => panic!("expected Error::Token, got {other:?}"),
-    }
-}
-
 /// The token request counts as the fake and the layer see them.
 fn token_requests(fake: &FakePropel, layer: &PropelAuthLayer) -> (u64, u64) {
     (fake.stats().token_requests, layer.stats().token_requests)
@@ -107,8 +99,8 @@ async fn token_fault_then_recovery(fault: TokenFault, check: impl FnOnce(&TokenE
     let service = layer.layer(hyper_client());
 
     fake.set_token_fault(Some(fault));
-    let err = token_error(expect_err(send(&service, &fake.api_url()).await));
-    check(&err);
+    let err = expect_err(send(&service, &fake.api_url()).await);
+    check(token_error(&err));
     assert_eq!(token_requests(&fake, &layer), (1, 1), "one token request");
     assert_eq!(layer.stats().token_failures, 1);
     assert_eq!(fake.stats().api_requests, 0, "nothing was sent to the API");
@@ -153,18 +145,15 @@ fn fake_addr(fake: &FakePropel) -> SocketAddr {
 #[tokio::test]
 async fn a_refused_token_api_connection_is_a_transient_transport_error_until_it_comes_up() {
     let fake = start().await;
-    // A loopback port with nothing listening on it.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = closed.local_addr().unwrap();
-    drop(closed);
+    let addr = closed_port();
     let layer = builder(&fake)
         .token_url(format!("http://{addr}/oauth2/token"))
         .build()
         .unwrap();
     let service = layer.layer(hyper_client());
 
-    let err = token_error(expect_err(send(&service, &fake.api_url()).await));
-    assert_transient(&err, TokenErrorKind::Transport);
+    let err = expect_err(send(&service, &fake.api_url()).await);
+    assert_transient(token_error(&err), TokenErrorKind::Transport);
     assert_eq!(token_requests(&fake, &layer), (0, 1));
     assert_eq!(fake.stats().api_requests, 0);
 
@@ -184,9 +173,9 @@ async fn a_token_api_that_never_answers_times_out_within_the_fetch_timeout() {
 
     fake.set_token_fault(Some(TokenFault::Hang));
     let started = Instant::now();
-    let err = token_error(expect_err(send(&service, &fake.api_url()).await));
+    let err = expect_err(send(&service, &fake.api_url()).await);
     let waited = started.elapsed();
-    assert_transient(&err, TokenErrorKind::Timeout);
+    assert_transient(token_error(&err), TokenErrorKind::Timeout);
     assert!(
         waited >= FETCH_TIMEOUT,
         "the fetch timeout ended it: {waited:?}"
@@ -259,16 +248,19 @@ async fn a_token_api_503_with_retry_after_fails_fast_until_retry_after_has_passe
     let err = expect_err(send(&service, &fake.api_url()).await);
     let failed_at = Instant::now();
     assert_eq!(err.retry_after(), Some(Duration::from_secs(1)));
-    let err = token_error(err);
-    assert_transient(&err, TokenErrorKind::Server);
+    let err = token_error(&err);
+    assert_transient(err, TokenErrorKind::Server);
     assert_eq!(err.retry_after(), Some(Duration::from_secs(1)));
 
     // Past the 50 ms cool-down but within Retry-After: the same error at once,
     // and the Token API is left alone.
     fake.set_token_fault(None);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let again = token_error(expect_err(send(&service, &fake.api_url()).await));
-    assert!(again.same_as(&err), "the shared error of the cool-down");
+    let again = expect_err(send(&service, &fake.api_url()).await);
+    assert!(
+        token_error(&again).same_as(err),
+        "the shared error of the cool-down"
+    );
     assert_eq!(token_requests(&fake, &layer), (1, 1));
 
     tokio::time::sleep_until(failed_at + Duration::from_millis(1100)).await;
@@ -402,9 +394,14 @@ async fn an_api_that_rejects_every_token_gets_bounded_retries_and_no_refresh_sto
     // The cache refreshes on a 401 at most once per cool-down.
     const STORM_COOLDOWN: Duration = Duration::from_millis(300);
     let fake = start().await;
+    // With the layer's own replay, so that "each request went out at most
+    // twice" is the layer's doing (it is off by default).
     let layer = token_layer(&fake)
-        .fetch_timeout(FETCH_TIMEOUT)
-        .cooldown(STORM_COOLDOWN)
+        .settings(settings(|s| {
+            s.fetch_timeout = FETCH_TIMEOUT;
+            s.cooldown = STORM_COOLDOWN;
+        }))
+        .retry_unauthorized(true)
         .build()
         .unwrap();
     let service = layer.layer(hyper_client());

@@ -16,7 +16,8 @@ use base64::Engine as _;
 use futures_util::future::join_all;
 use http::StatusCode;
 use tower::{Layer, ServiceBuilder, ServiceExt};
-use tower_propel_auth::{Credentials, Error, FakePropel, PropelAuthLayer};
+use tower_propel_auth::retry::TransientErrors;
+use tower_propel_auth::{Credentials, Error};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Subscriber};
@@ -24,8 +25,8 @@ use tracing_subscriber::layer::{Context, SubscriberExt as _};
 use tracing_subscriber::registry::LookupSpan;
 
 use support::{
-    basic_layer, basic_layer_with, expect_err, graphql, hyper_client, recording, start,
-    token_layer, token_layer_with, Query, Recorded, DATA_POOL_QUERY,
+    basic_layer, basic_layer_with, expect_err, graphql, hyper_client, metric_only_application,
+    prime, recording, start, token_layer, token_layer_with, Query, Recorded, DATA_POOL_QUERY,
 };
 
 /// The name of the span around each token request (see `src/token/cache.rs`).
@@ -219,8 +220,7 @@ async fn a_thousand_concurrent_requests_on_an_empty_cache_open_one_token_request
 async fn the_403_event_names_the_missing_scope() {
     let (capture, _guard) = Capture::start();
     let fake = start().await;
-    fake.add_application("APP01METRICONLY", "metric-only-secret", &["metric:query"]);
-    let credentials = Credentials::new("APP01METRICONLY", "metric-only-secret").unwrap();
+    let credentials = metric_only_application(&fake);
     let service = token_layer_with(&fake, credentials)
         .build()
         .unwrap()
@@ -245,17 +245,13 @@ async fn the_403_event_names_the_missing_scope() {
     );
 }
 
-/// Sends one query, which caches a token.
-async fn prime(fake: &FakePropel, layer: &PropelAuthLayer) {
-    let response = layer.query(fake).await.expect("the first query succeeds");
-    assert_eq!(response.status(), StatusCode::OK);
-}
-
 #[tokio::test]
 async fn a_401_retry_emits_one_event() {
     let (capture, _guard) = Capture::start();
     let fake = start().await;
-    let layer = token_layer(&fake).build().unwrap();
+    // The layer's own replay: the request ends in a 200, and only the
+    // refresh is logged.
+    let layer = token_layer(&fake).retry_unauthorized(true).build().unwrap();
     prime(&fake, &layer).await;
     fake.revoke_all_tokens();
     let before = capture.crate_events().len();
@@ -284,7 +280,7 @@ async fn a_401_retry_emits_one_event() {
 async fn twenty_concurrent_401s_emit_one_event() {
     let (capture, _guard) = Capture::start();
     let fake = start().await;
-    let layer = token_layer(&fake).build().unwrap();
+    let layer = token_layer(&fake).retry_unauthorized(true).build().unwrap();
     prime(&fake, &layer).await;
     fake.revoke_all_tokens();
     let before = capture.crate_events().len();
@@ -321,9 +317,13 @@ async fn no_span_or_event_shows_the_secret_or_a_token() {
     let sent = Recorded::default();
     let client = || recording(hyper_client(), &sent);
 
-    // Tokens: fetched, used, rejected (401) and replaced.
+    // Tokens: fetched, used, rejected (401, a transient `Unauthorized` the
+    // retry layer sends again) and replaced.
     let layer = token_layer(&fake).build().unwrap();
-    let service = layer.layer(client());
+    let service = ServiceBuilder::new()
+        .retry(TransientErrors::new(1))
+        .layer(layer)
+        .service(client());
     let ok = service
         .clone()
         .oneshot(graphql(&fake.api_url(), DATA_POOL_QUERY))
@@ -338,8 +338,7 @@ async fn no_span_or_event_shows_the_secret_or_a_token() {
     assert_eq!(ok.status(), StatusCode::OK);
 
     // A 403 with a token, and one with Basic credentials.
-    fake.add_application("APP01METRICONLY", "metric-only-secret", &["metric:query"]);
-    let metric_only = Credentials::new("APP01METRICONLY", "metric-only-secret").unwrap();
+    let metric_only = metric_only_application(&fake);
     let err = expect_err(
         token_layer_with(&fake, metric_only.clone())
             .build()

@@ -105,7 +105,7 @@ fn get(url: &str) -> Request<Full<Bytes>> {
 /// A token layer that fetches from `fake` and sends tokens to `origin` only.
 fn layer_for(fake: &FakePropel, origin: &str) -> PropelAuthLayer {
     token_layer(fake)
-        .api_url(format!("{origin}/graphql"))
+        .allowed_origins([format!("{origin}/graphql")])
         .build()
         .unwrap()
 }
@@ -192,7 +192,8 @@ async fn plain_http_to_a_host_that_is_not_loopback_is_refused_before_anything_is
 #[tokio::test]
 async fn the_401_retry_goes_to_the_same_uri_and_a_401_from_elsewhere_is_not_retried() {
     let fake = start().await;
-    let layer = token_layer(&fake).build().unwrap();
+    // The layer's own replay (off by default) is the retry under test.
+    let layer = token_layer(&fake).retry_unauthorized(true).build().unwrap();
     let uris = Arc::new(Mutex::new(Vec::new()));
     let inner = {
         let (uris, client) = (Arc::clone(&uris), hyper_client());

@@ -1,5 +1,7 @@
-//! 401s: one refresh for many, one retry each, and no retry of what cannot
-//! be replayed.
+//! 401s: one refresh for many; by default the request fails with a
+//! transient `Unauthorized` that `retry::TransientErrors` retries with the
+//! fresh token; the layer's own replay (`retry_unauthorized(true)`) sends
+//! each request once more and no more, and never what cannot be replayed.
 
 mod support;
 
@@ -12,35 +14,36 @@ use http::StatusCode;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
-use tower::{BoxError, Layer, ServiceExt};
+use tower::{BoxError, Layer, ServiceBuilder, ServiceExt};
+use tower_propel_auth::retry::TransientErrors;
 use tower_propel_auth::testing::ApiFault;
-use tower_propel_auth::{Error, FakePropel, PropelAuthLayer};
+use tower_propel_auth::Error;
 
 use support::{
-    expect_err, graphql, graphql_body, graphql_with, hyper_client, hyper_client_for,
-    reqwest_graphql, start, token_layer, Query, DATA_POOL_QUERY,
+    expect_err, graphql, graphql_body, graphql_with, hyper_client, hyper_client_for, prime,
+    reqwest_graphql, settings, start, token_layer, within_10s, Query, DATA_POOL_QUERY,
 };
 
-/// Sends one query and checks it succeeds: the cache then holds a token.
-async fn prime(fake: &FakePropel, layer: &PropelAuthLayer) {
-    let response = layer.query(fake).await.expect("the first request succeeds");
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(fake.stats().token_requests, 1);
-}
-
+/// The recommended stack: `retry(TransientErrors) → timeout → PropelAuthLayer
+/// → client`. The layer makes no copy of the request; a 401 whose token it
+/// dropped is a transient `Unauthorized`, which the retry sends once more.
 #[tokio::test]
-async fn fifty_concurrent_401s_cause_one_token_request_and_fifty_retries() {
+async fn fifty_concurrent_401s_cause_one_token_request_and_the_retry_layer_resends_each_once() {
     let fake = start().await;
     let layer = token_layer(&fake).build().unwrap();
     prime(&fake, &layer).await;
     fake.revoke_all_tokens();
 
-    let service = layer.layer(hyper_client());
-    let responses = join_all((0..50).map(|_| {
-        service
+    let client = ServiceBuilder::new()
+        .retry(TransientErrors::new(3))
+        .timeout(Duration::from_secs(5))
+        .layer(layer.clone())
+        .service(hyper_client());
+    let responses = within_10s(join_all((0..50).map(|_| {
+        client
             .clone()
             .oneshot(graphql(&fake.api_url(), DATA_POOL_QUERY))
-    }))
+    })))
     .await;
     for response in responses {
         let response = response.expect("retried with a fresh token");
@@ -50,16 +53,81 @@ async fn fifty_concurrent_401s_cause_one_token_request_and_fifty_retries() {
     let stats = fake.stats();
     assert_eq!(stats.token_requests, 2, "exactly one new token for 50 401s");
     assert_eq!(stats.api_invalid_credentials, 50);
-    assert_eq!(stats.api_ok, 51);
-    assert_eq!(layer.stats().unauthorized_retries, 50);
-    assert_eq!(layer.stats().unauthorized, 0);
+    assert_eq!(stats.api_ok, 51, "each rejected request was sent once more");
+    // Each first attempt ended in a transient `Unauthorized` (the retry layer,
+    // not the auth layer, sent it again).
+    assert_eq!(layer.stats().unauthorized, 50);
+    assert_eq!(layer.stats().unauthorized_retries, 0);
     assert_eq!(layer.stats().token_requests, 2);
 }
 
 #[tokio::test]
-async fn a_reqwest_request_is_replayed_after_a_401() {
+async fn by_default_a_401_fails_at_once_as_a_transient_unauthorized_and_drops_the_token() {
     let fake = start().await;
     let layer = token_layer(&fake).build().unwrap();
+    prime(&fake, &layer).await;
+    fake.revoke_all_tokens();
+
+    let err = expect_err(layer.query(&fake).await);
+    let Error::Unauthorized(unauthorized) = &err else {
+        panic!("expected Unauthorized, got {err:?}");
+    };
+    assert!(!unauthorized.retried());
+    assert!(err.is_transient(), "a fresh token may cure it: {err}");
+    assert!(
+        unauthorized.hint().contains("send the request again"),
+        "{}",
+        unauthorized.hint()
+    );
+    assert_eq!(fake.stats().api_requests, 2, "sent once");
+    assert_eq!(layer.stats().unauthorized_retries, 0);
+
+    // The rejected token was dropped and its successor fetched: sending the
+    // request again is what a retry layer does.
+    let response = layer.query(&fake).await.expect("a fresh token");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(fake.stats().token_requests, 2);
+}
+
+#[tokio::test]
+async fn behind_the_retry_layer_a_server_rejecting_every_token_gets_one_retry_per_request() {
+    let fake = start().await;
+    fake.set_api_fault(Some(ApiFault::Unauthorized));
+    // A cool-down long enough that every retry surely falls in it.
+    let layer = token_layer(&fake)
+        .settings(settings(|s| s.cooldown = Duration::from_secs(60)))
+        .build()
+        .unwrap();
+    let client = ServiceBuilder::new()
+        .retry(TransientErrors::new(3))
+        .layer(layer.clone())
+        .service(hyper_client());
+
+    let results = within_10s(join_all((0..20).map(|_| {
+        client
+            .clone()
+            .oneshot(graphql(&fake.api_url(), DATA_POOL_QUERY))
+    })))
+    .await;
+    for result in results {
+        let err = expect_err(result);
+        let Error::Unauthorized(unauthorized) = &err else {
+            panic!("expected Unauthorized, got {err:?}");
+        };
+        // The retry's 401 came within the cool-down of the first drop: the
+        // token is kept and the error is final, whatever the retry budget.
+        assert!(!unauthorized.is_transient(), "{err}");
+    }
+    let stats = fake.stats();
+    assert_eq!(stats.token_requests, 2, "the first token and one more");
+    assert_eq!(stats.api_requests, 40, "each request sent twice, no more");
+    assert_eq!(layer.stats().unauthorized, 40);
+}
+
+#[tokio::test]
+async fn with_the_layers_replay_a_reqwest_request_is_sent_again_after_a_401() {
+    let fake = start().await;
+    let layer = token_layer(&fake).retry_unauthorized(true).build().unwrap();
     prime(&fake, &layer).await;
     fake.revoke_all_tokens();
 
@@ -75,13 +143,14 @@ async fn a_reqwest_request_is_replayed_after_a_401() {
 }
 
 #[tokio::test]
-async fn when_every_request_is_rejected_the_result_is_unauthorized_and_token_requests_stay_bounded()
-{
+async fn with_the_layers_replay_a_server_rejecting_every_token_gets_two_tries_and_bounded_token_requests(
+) {
     let fake = start().await;
     fake.set_api_fault(Some(ApiFault::Unauthorized));
     // A cool-down long enough that the second burst below surely falls in it.
     let layer = token_layer(&fake)
-        .cooldown(Duration::from_secs(60))
+        .settings(settings(|s| s.cooldown = Duration::from_secs(60)))
+        .retry_unauthorized(true)
         .build()
         .unwrap();
     let service = layer.layer(hyper_client());
@@ -134,9 +203,9 @@ fn streamed(query: &str) -> Streamed {
 }
 
 #[tokio::test]
-async fn a_request_whose_body_cannot_be_replayed_is_unauthorized_without_a_retry() {
+async fn with_the_layers_replay_a_request_whose_body_cannot_be_copied_is_not_sent_again() {
     let fake = start().await;
-    let layer = token_layer(&fake).build().unwrap();
+    let layer = token_layer(&fake).retry_unauthorized(true).build().unwrap();
     prime(&fake, &layer).await;
     fake.revoke_all_tokens();
 
@@ -150,7 +219,8 @@ async fn a_request_whose_body_cannot_be_replayed_is_unauthorized_without_a_retry
         panic!("expected Unauthorized, got {err:?}");
     };
     assert!(!unauthorized.retried());
-    assert!(err.to_string().contains("was not sent again"), "{err}");
+    // Not sent again by the layer, but the token was dropped: the caller may.
+    assert!(unauthorized.is_transient(), "{err}");
     assert_eq!(
         fake.stats().api_requests,
         2,
@@ -179,10 +249,10 @@ async fn a_request_whose_body_cannot_be_replayed_is_unauthorized_without_a_retry
 }
 
 #[tokio::test]
-
 async fn a_401_on_a_request_that_cannot_be_replayed_still_drops_the_rejected_token() {
     let fake = start().await;
-    let layer = token_layer(&fake).build().unwrap();
+    // The layer would replay a request it could copy; this one it cannot.
+    let layer = token_layer(&fake).retry_unauthorized(true).build().unwrap();
     prime(&fake, &layer).await;
     fake.revoke_all_tokens();
     let service = layer.layer(hyper_client_for::<Streamed>());
@@ -203,23 +273,4 @@ async fn a_401_on_a_request_that_cannot_be_replayed_still_drops_the_rejected_tok
         .expect("the next request gets a fresh token");
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(fake.stats().token_requests, 2);
-}
-
-#[tokio::test]
-async fn with_retries_turned_off_a_401_is_unauthorized_at_once() {
-    let fake = start().await;
-    let layer = token_layer(&fake)
-        .retry_unauthorized(false)
-        .build()
-        .unwrap();
-    prime(&fake, &layer).await;
-    fake.set_api_fault(Some(ApiFault::Unauthorized));
-
-    let err = expect_err(layer.query(&fake).await);
-    let Error::Unauthorized(unauthorized) = &err else {
-        panic!("expected Unauthorized, got {err:?}");
-    };
-    assert!(!unauthorized.retried());
-    assert_eq!(fake.stats().api_requests, 2, "sent once");
-    assert_eq!(layer.stats().unauthorized_retries, 0);
 }
