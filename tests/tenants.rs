@@ -1,7 +1,8 @@
 //! Multi-tenant tokens end to end over FakePropel: a request carrying
 //! `TokenParams` in its extensions gets a token minted for exactly those
-//! policy values, one token request per tenant, and a back end can hand such
-//! a token to a front end.
+//! policy values, one token request per tenant, a back end can hand such a
+//! token to a front end, and any number of one-off tenants leaves the layer
+//! within its bound.
 
 mod support;
 
@@ -14,24 +15,12 @@ use http_body_util::Full;
 use secrecy::ExposeSecret as _;
 use serde_json::Value;
 use tower::{Layer, ServiceBuilder, ServiceExt};
-use tower_propel_auth::{
-    AccessToken, Credentials, Error, FakePropel, PropelAuthLayer, TokenParams,
-};
+use tower_propel_auth::{AccessToken, Error, FakePropel, PropelAuthLayer, TokenParams};
 
 use support::{
-    expect_err, graphql, hyper_client, json, start, token_layer_with, Query, DATA_POOL_QUERY,
+    expect_err, graphql, hyper_client, json, settings, start, tenanted_application, token_layer,
+    token_layer_with, Query, DATA_POOL_QUERY,
 };
-
-/// An Application without `admin`: with `require_tenant_policy` on, its
-/// queries need a token minted with a `tenant_id`.
-fn tenanted_application(fake: &FakePropel) -> Credentials {
-    fake.add_application(
-        "APP01TENANTED",
-        "tenanted-secret",
-        &["data_pool:query", "metric:query"],
-    );
-    Credentials::new("APP01TENANTED", "tenanted-secret").unwrap()
-}
 
 /// A Data Pool query for `tenant`'s data.
 fn query_for(fake: &FakePropel, tenant: &str) -> Request<Full<Bytes>> {
@@ -157,7 +146,7 @@ async fn a_tenant_token_handed_to_a_front_end_works_as_a_bearer_token_for_that_t
     // The front end: only the JWT text, as it came over the wire.
     let received = AccessToken::from_jwt(token.secret().expose_secret()).expect("a JWT with exp");
     let front_end = PropelAuthLayer::bearer(received)
-        .with_api_url(&fake.api_url())
+        .with_allowed_origins([fake.api_url()])
         .unwrap();
     let response = front_end
         .query(&fake)
@@ -168,4 +157,79 @@ async fn a_tenant_token_handed_to_a_front_end_works_as_a_bearer_token_for_that_t
     assert_eq!(tenant_seen(&body), "acme");
     assert_eq!(body["extensions"]["auth"], "bearer");
     assert_eq!(fake.stats().token_requests, 1, "the front end minted none");
+}
+
+/// Behaviour 11, bounded memory: 3,000 tenants seen once each, through a
+/// layer that keeps at most 16 token sets. Afterwards the layer holds at most
+/// 16 sets, and nothing else of the 3,000 lives on: no task per token (a
+/// token's deadlines are data, checked on read) and none per evicted set.
+///
+/// Fails on the previous core (0809309), where every fetched token kept a
+/// task sleeping until its refresh point (here some 48 minutes away), even
+/// after its set was evicted: about 3,000 tasks stay alive.
+#[tokio::test]
+async fn three_thousand_one_off_tenants_leave_at_most_the_bound_and_no_task_behind() {
+    const TENANTS: usize = 3_000;
+    const MAX_TOKEN_SETS: usize = 16;
+    /// Tasks that may come and go anyway (connections of the pools).
+    const SLACK: usize = 10;
+    let fake = start().await;
+    let layer = token_layer(&fake)
+        .settings(settings(|s| s.max_token_sets = MAX_TOKEN_SETS))
+        .build()
+        .unwrap();
+    let service = layer.layer(hyper_client());
+    let alive_tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+
+    // Warm up: one tenant opens the connections (and their tasks) that every
+    // later request reuses, one at a time.
+    let response = service
+        .clone()
+        .oneshot(query_for(&fake, "warm-up"))
+        .await
+        .expect("a 200");
+    assert_eq!(response.status(), StatusCode::OK);
+    json(response).await;
+    let before = settled(alive_tasks, usize::MAX).await;
+
+    for n in 0..TENANTS {
+        let response = service
+            .clone()
+            .oneshot(query_for(&fake, &format!("one-off-{n}")))
+            .await
+            .unwrap_or_else(|err| panic!("tenant {n}: {err}"));
+        assert_eq!(response.status(), StatusCode::OK, "tenant {n}");
+        json(response).await;
+    }
+
+    let stats = layer.stats();
+    assert_eq!(stats.token_requests, TENANTS as u64 + 1);
+    assert!(
+        stats.token_sets <= MAX_TOKEN_SETS as u64,
+        "{} token sets",
+        stats.token_sets
+    );
+    let after = settled(alive_tasks, before + SLACK).await;
+    assert!(
+        after <= before + SLACK,
+        "{after} tasks alive after {TENANTS} tenants, {before} before"
+    );
+}
+
+/// The count `alive` gives once it is at most `target`, or after a second
+/// of waiting for that: tasks that just finished their work (a token fetch,
+/// a connection being pooled) need a few turns of the runtime to end.
+async fn settled(alive: impl Fn() -> usize, target: usize) -> usize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let now = alive();
+        if now <= target || tokio::time::Instant::now() >= deadline {
+            return now;
+        }
+    }
 }
