@@ -169,6 +169,11 @@ impl PropelAuthLayer {
         Ok(Self::new(auth.clone(), origins, Arc::clone(counters)))
     }
 
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// The counters of this layer, its clones and their services.
     pub fn stats(&self) -> Stats {
         let mut stats = self.shared.counters.snapshot();

@@ -247,6 +247,11 @@ impl TokenCache {
         Ok(self.wait().await?.token.clone())
     }
 
+    #[cfg(test)]
+    pub(crate) fn current(&self) -> Option<Arc<CachedToken>> {
+        self.inner.current.load_full()
+    }
+
     /// The current token, if it is the one of `generation`.
     pub(crate) fn current_of(&self, generation: u64) -> Option<Arc<CachedToken>> {
         self.inner

@@ -14,6 +14,8 @@ use http::Request;
 use http_body_util::{BodyExt as _, Full};
 use tower::{Service, ServiceExt};
 
+use secrecy::ExposeSecret as _;
+
 use crate::token::clock::TestClock;
 use crate::token::test_source::{
     layer, layer_with, polls_pending, replaying_layer, request, send, send_concurrently,
@@ -638,7 +640,7 @@ async fn a_403_body_that_stalls_cannot_hang_the_request() {
 }
 
 /// A source that counts how many of its fetches run at once, and the most
-/// ever; each fetch takes a little real time.
+/// ever; each fetch takes a little real time (200 µs).
 #[derive(Clone, Default)]
 struct Overlaps {
     running: Arc<AtomicUsize>,
@@ -653,7 +655,8 @@ impl TokenSource for Overlaps {
             let n = this.calls.fetch_add(1, Ordering::SeqCst) + 1;
             let running = this.running.fetch_add(1, Ordering::SeqCst) + 1;
             this.most.fetch_max(running, Ordering::SeqCst);
-            tokio::task::yield_now().await;
+            // Long enough for a second flight, if one started, to overlap.
+            tokio::time::sleep(Duration::from_micros(200)).await;
             this.running.fetch_sub(1, Ordering::SeqCst);
             AccessToken::new(format!("token{n}"), HOUR)
         })
@@ -661,7 +664,7 @@ impl TokenSource for Overlaps {
 }
 
 #[test]
-fn a_401_on_a_token_just_published_never_runs_two_token_requests_at_once() {
+fn under_a_storm_of_401s_token_requests_never_overlap() {
     // Two workers: requests on one, the fetch task on the other. Every
     // token is rejected the moment it is used, so a new flight starts right
     // after each publish, while the task that published may still be ending
@@ -749,4 +752,53 @@ fn a_refresh_dropped_with_its_runtime_is_tried_again_by_the_next_reader() {
         panic!("the refresh was not tried again");
     });
     assert_eq!(source.calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reader_still_holding_a_replaced_token_starts_no_refresh() {
+    let source = ScriptedSource::tokens(Duration::ZERO, HOUR);
+    let (layer, clock) = layer_with(&source, Settings::default(), false);
+    let service = layer.layer_over(Api::default());
+    send(&service).await.unwrap();
+    let cache = layer.default_cache();
+    let first = cache.current().expect("token1 is current");
+    // A 401 replaces token1 with token2 (the invalidation fetches at once).
+    cache.invalidate(first.generation);
+    assert_eq!(send(&service).await.unwrap(), "Bearer token2");
+    assert_eq!(source.calls(), 2);
+
+    // A reader that loaded token1 before it was replaced gets to its
+    // refresh point only now: token2 is fresh, nothing is due.
+    clock.advance(Duration::from_secs(3000));
+    assert!(
+        cache.check(&first).is_some(),
+        "token1 itself is not stale yet"
+    );
+    tokio::task::yield_now().await;
+    assert_eq!(source.calls(), 2, "no refresh for a token already replaced");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_end_of_an_older_flight_never_erases_a_newer_one() {
+    let source = ScriptedSource::tokens(Duration::from_secs(1), HOUR);
+    let layer = layer(&source);
+    let cache = layer.default_cache();
+    let first = cache.wait(); // starts a flight
+                              // The end of an earlier flight arrives late (its task was slower to
+                              // finish than a 401 was to start this one).
+    let earlier = cache.inner.lock_slow().counter - 1;
+    let _ = cache
+        .inner
+        .finish(earlier, Err(TokenError::new(TokenErrorKind::Server)));
+    assert!(
+        cache.inner.lock_slow().flight.is_some(),
+        "the newer flight is still recorded"
+    );
+    // So the next waiter joins it instead of starting a second token request.
+    let second = cache.wait();
+    tokio::task::yield_now().await;
+    assert_eq!(source.calls(), 1);
+    let (first, second) = (first.await.unwrap(), second.await.unwrap());
+    assert_eq!(first.token.secret().expose_secret(), "token1");
+    assert!(Arc::ptr_eq(&first, &second));
 }

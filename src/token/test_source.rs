@@ -259,6 +259,14 @@ pub(crate) async fn polls_pending<F: std::future::Future>(future: std::pin::Pin<
 }
 
 impl PropelAuthLayer {
+    /// The layer's default token cache.
+    pub(crate) fn default_cache(&self) -> crate::token::cache::TokenCache {
+        match &self.shared().auth {
+            crate::layer::Auth::Token(store) => store.default_cache().clone(),
+            crate::layer::Auth::Basic { .. } => panic!("a Basic layer has no token cache"),
+        }
+    }
+
     pub(crate) fn layer_over<S>(&self, inner: S) -> PropelAuth<S> {
         tower::Layer::layer(self, inner)
     }
