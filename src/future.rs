@@ -9,8 +9,8 @@ use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use http::header::AUTHORIZATION;
-use http::StatusCode;
+use http::header::{Entry, AUTHORIZATION};
+use http::{HeaderMap, HeaderValue, StatusCode};
 use pin_project_lite::pin_project;
 use secrecy::{ExposeSecret, SecretString};
 use tower::{BoxError, Service};
@@ -151,15 +151,15 @@ impl<S, Req> ResponseFuture<S, Req>
 where
     S: Service<Req>,
 {
-    /// Sends `request`, whose header is attached; `service` must be ready.
+    /// Attaches `header` and sends `request`; `service` must be ready.
     #[inline]
-    pub(crate) fn sent(service: &mut S, request: Req, sent: Sent) -> Self
+    pub(crate) fn send(service: &mut S, request: Req, header: HeaderValue, sent: Sent) -> Self
     where
         S: Clone,
         Req: AuthRequest,
     {
         Self {
-            state: State::send(service, request, sent),
+            state: State::send(service, request, header, sent),
         }
     }
 
@@ -251,13 +251,10 @@ where
                     ready!(waiting.service.poll_ready(cx))
                         .map_err(|err| Error::Service(err.into()))?;
                     let Parked {
-                        mut request,
+                        request,
                         mut service,
                         cache,
                     } = *parked.take().expect("polled after completion");
-                    request
-                        .headers_mut()
-                        .insert(AUTHORIZATION, token.header.clone());
                     if *retry {
                         Counters::bump(&cache.config().counters.unauthorized_retries);
                     }
@@ -266,7 +263,7 @@ where
                         generation: token.generation,
                         retried: *retry,
                     };
-                    State::send(&mut service, request, sent)
+                    State::send(&mut service, request, token.header.clone(), sent)
                 }
                 StateProj::ReadingBody { body, rejected } => {
                     let body = ready!(body.as_mut().poll(cx));
@@ -286,11 +283,11 @@ impl<S, Req> State<S, Req>
 where
     S: Service<Req>,
 {
-    /// Sends a request whose header is attached; `service` must be ready.
-    /// When the layer replays after a 401, keeps a copy first (unless this
-    /// already is the replay).
+    /// Attaches `header` and sends; `service` must be ready. When the layer
+    /// replays after a 401, keeps a copy first, without the header (unless
+    /// this already is the replay).
     #[inline]
-    fn send(service: &mut S, request: Req, sent: Sent) -> Self
+    fn send(service: &mut S, mut request: Req, header: HeaderValue, sent: Sent) -> Self
     where
         S: Clone,
         Req: AuthRequest,
@@ -303,6 +300,16 @@ where
             } => replay_copy(service, &request, cache),
             _ => None,
         };
+        // One hash for the insert and the check for the caller's own header:
+        // `append` says whether there was one (rarely), and then ours goes.
+        if request.headers_mut().append(AUTHORIZATION, header) {
+            take_back_last(request.headers_mut());
+            return State::Calling {
+                future: service.call(request),
+                sent: None,
+                replay: None,
+            };
+        }
         State::Calling {
             future: service.call(request),
             sent: Some(sent),
@@ -385,6 +392,18 @@ where
     }
 }
 
+/// Removes the `Authorization` value appended last, keeping the caller's.
+#[cold]
+fn take_back_last(headers: &mut HeaderMap) {
+    if let Entry::Occupied(entry) = headers.entry(AUTHORIZATION) {
+        let mut values: Vec<HeaderValue> = entry.remove_entry_mult().1.collect();
+        values.pop();
+        for value in values {
+            headers.append(AUTHORIZATION, value);
+        }
+    }
+}
+
 /// A copy of `request` to send again after a 401, when the layer replays and
 /// the body can be copied. A replaying layer holds the cache of every token
 /// it sends (`CacheRef::Held`); a reference by layer id means no replay.
@@ -399,8 +418,7 @@ fn replay_copy<S: Clone, Req: AuthRequest>(
     if !cache.config().replay {
         return None;
     }
-    let mut copy = request.try_clone()?;
-    copy.headers_mut().remove(AUTHORIZATION);
+    let copy = request.try_clone()?;
     Some(Box::new(Parked {
         request: copy,
         service: service.clone(),

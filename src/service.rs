@@ -4,8 +4,8 @@
 use std::fmt;
 use std::sync::Arc;
 
-use http::header::{Entry, AUTHORIZATION};
-use http::{HeaderMap, HeaderValue};
+use http::header::AUTHORIZATION;
+use http::HeaderValue;
 use tower::{BoxError, Service};
 
 use crate::error::{Error, InsecureTransport};
@@ -88,8 +88,9 @@ enum Lookup {
     PassThrough,
     /// An allowed host over plain HTTP: nothing is sent.
     Insecure(String),
-    /// The header is attached; this is what a 401 or 403 will need.
-    Attached(Sent),
+    /// Attach this header, unless the caller set its own; what a 401 or 403
+    /// will need.
+    Attach(HeaderValue, Sent),
     /// No usable token yet: wait for this cache's.
     Wait(TokenCache),
 }
@@ -146,7 +147,9 @@ impl<S> PropelAuth<S> {
         Req: AuthRequest,
     {
         match self.lookup(&mut request) {
-            Lookup::Attached(sent) => ResponseFuture::sent(&mut self.inner, request, sent),
+            Lookup::Attach(header, sent) => {
+                ResponseFuture::send(&mut self.inner, request, header, sent)
+            }
             Lookup::PassThrough => ResponseFuture::passed_through(self.inner.call(request)),
             Lookup::Insecure(origin) => {
                 ResponseFuture::failed(Error::InsecureTransport(InsecureTransport::new(origin)))
@@ -162,8 +165,9 @@ impl<S> PropelAuth<S> {
         }
     }
 
-    /// Where the request goes, which cache serves it, whether that cache's
-    /// token is usable, and whether the caller set its own header: one pass.
+    /// Where the request goes, which cache serves it and whether that
+    /// cache's token is usable: one pass. Whether the caller set its own
+    /// header is known when the header goes in (`ResponseFuture::send`).
     #[inline]
     fn lookup<Req: AuthRequest>(&mut self, request: &mut Req) -> Lookup {
         match request.decide(&self.shared.origins) {
@@ -193,25 +197,7 @@ impl<S> PropelAuth<S> {
                 }
             }
         };
-        // One hash for the insert and the check for the caller's own header:
-        // `append` says whether there was one (rarely), and then ours goes.
-        if request.headers_mut().append(AUTHORIZATION, header) {
-            take_back_last(request.headers_mut());
-            return Lookup::PassThrough;
-        }
-        Lookup::Attached(sent)
-    }
-}
-
-/// Removes the `Authorization` value appended last, keeping the caller's.
-#[cold]
-fn take_back_last(headers: &mut HeaderMap) {
-    if let Entry::Occupied(entry) = headers.entry(AUTHORIZATION) {
-        let mut values: Vec<HeaderValue> = entry.remove_entry_mult().1.collect();
-        values.pop();
-        for value in values {
-            headers.append(AUTHORIZATION, value);
-        }
+        Lookup::Attach(header, sent)
     }
 }
 
