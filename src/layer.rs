@@ -99,6 +99,8 @@ impl PropelAuthLayer {
             token_url: DEFAULT_TOKEN_URL.to_owned(),
             client_auth: ClientAuth::default(),
             http: None,
+            #[cfg(feature = "shared-cache")]
+            shared_cache: None,
         })
     }
 
@@ -271,6 +273,13 @@ mod sealed {
     /// to keep out of error messages.
     pub trait IntoSource {
         fn into_source(self) -> Result<(Arc<dyn TokenSource>, Option<SecretString>), ConfigError>;
+
+        /// The shared cache behind the layer's, with what its keys derive
+        /// from: the credentials and the token URL.
+        #[cfg(feature = "shared-cache")]
+        fn shared_cache(&self) -> Option<(&crate::SharedCache, &crate::Credentials, &str)> {
+            None
+        }
     }
 }
 
@@ -284,6 +293,12 @@ impl sealed::IntoSource for ClientCredentials {
     fn into_source(self) -> Result<(Arc<dyn TokenSource>, Option<SecretString>), ConfigError> {
         let secret = self.credentials.secret().clone();
         Ok((Arc::new(self.exchange()?), Some(secret)))
+    }
+
+    #[cfg(feature = "shared-cache")]
+    fn shared_cache(&self) -> Option<(&crate::SharedCache, &Credentials, &str)> {
+        let shared = self.shared_cache.as_ref()?;
+        Some((shared, &self.credentials, &self.token_url))
     }
 }
 
@@ -358,8 +373,17 @@ impl<Source> TokenLayerBuilder<Source> {
             None => AllowedOrigins::default_api(),
             Some(urls) => AllowedOrigins::parse(urls)?,
         };
-        let (source, secret) = self.source.into_source()?;
         let counters = Arc::<Counters>::default();
+        #[cfg(feature = "shared-cache")]
+        let second_level = match self.source.shared_cache() {
+            Some((shared, credentials, token_url)) => {
+                Some(shared.second_level(credentials, token_url, &self.settings, &counters)?)
+            }
+            None => None,
+        };
+        #[cfg(not(feature = "shared-cache"))]
+        let second_level = None;
+        let (source, secret) = self.source.into_source()?;
         let config = CacheConfig {
             source,
             settings: self.settings,
@@ -368,7 +392,7 @@ impl<Source> TokenLayerBuilder<Source> {
             secret,
             replay: self.retry_unauthorized,
             renewable: true,
-            second_level: None,
+            second_level,
         };
         let store = TokenStore::new(self.params, Arc::new(config));
         Ok(PropelAuthLayer::new(
@@ -400,6 +424,19 @@ impl TokenLayerBuilder<ClientCredentials> {
     /// `reqwest::Client` that never follows redirects.
     pub fn http_client(mut self, client: TokenHttpClient) -> Self {
         self.source.http = Some(client);
+        self
+    }
+
+    /// Shares tokens with the other processes of a fleet through a store
+    /// (Redis with [`SharedCache::redis`](crate::shared_cache::SharedCache::redis)):
+    /// before each token request, the layer's cache looks there for a token
+    /// another process fetched, so the fleet makes one token request per
+    /// parameter set and token lifetime instead of one per process. See
+    /// [`shared_cache`](crate::shared_cache). Feature `shared-cache` (or `redis`).
+    #[cfg(feature = "shared-cache")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "shared-cache")))]
+    pub fn shared_cache(mut self, shared: crate::shared_cache::SharedCache) -> Self {
+        self.source.shared_cache = Some(shared);
         self
     }
 }
@@ -458,8 +495,10 @@ mod tests {
     #[test]
     fn invalid_settings_fail_the_build() {
         let credentials = Credentials::new("APP", "secret").unwrap();
-        let mut settings = Settings::default();
-        settings.max_token_sets = 0;
+        let settings = Settings {
+            max_token_sets: 0,
+            ..Settings::default()
+        };
         let err = PropelAuthLayer::client_credentials(credentials)
             .settings(settings)
             .build()

@@ -62,6 +62,9 @@
 //!
 //! - `reqwest` (default): wrap `reqwest::Client` and use it for token requests.
 //! - `test-util`: [`FakePropel`], a Propel-compatible server on loopback.
+//! - `redis`: one token per parameter set for a whole fleet of processes,
+//!   through Redis or Valkey: `SharedCache::redis`, in `shared_cache`.
+//! - `shared-cache`: the same over any store behind `shared_cache::SharedStore`.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
@@ -84,6 +87,9 @@ mod registry;
 pub mod retry;
 mod scope;
 mod service;
+#[cfg(feature = "shared-cache")]
+#[cfg_attr(docsrs, doc(cfg(feature = "shared-cache")))]
+pub mod shared_cache;
 mod stats;
 mod token;
 
@@ -116,6 +122,9 @@ pub use token::{AccessToken, Settings, TokenHttpClient, TokenParams, TokenSource
 
 #[cfg(feature = "test-util")]
 pub use testing::FakePropel;
+
+#[cfg(feature = "shared-cache")]
+pub use shared_cache::SharedCache;
 
 /// The `secrecy` crate this one keeps secrets in: `ExposeSecret` reads an
 /// [`AccessToken::secret`] or a [`Credentials::secret`].

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 #[non_exhaustive]
 pub struct Stats {
     /// Token requests made (each attempt counts, background ones included).
+    /// A token read from the shared cache is not one.
     pub token_requests: u64,
     /// Token requests that failed.
     pub token_failures: u64,
@@ -40,6 +41,28 @@ pub struct Stats {
     /// Parameter sets (tenants) with a token cache of their own right now
     /// (a gauge, not a count; the default set is not included).
     pub token_sets: u64,
+    /// Token fetches served by the shared cache (feature `shared-cache`,
+    /// `shared_cache::SharedCache`): a token another process had put there, read on the
+    /// first look or after waiting for the process that was fetching it. Such
+    /// a fetch makes no token request.
+    pub store_hits: u64,
+    /// Token fetches that found no usable token in the shared cache on the
+    /// first look: none, the one being replaced, one past its refresh point,
+    /// or a value that did not open.
+    pub store_misses: u64,
+    /// Token fetches that waited for another process fetching the same
+    /// token (the store's lock was held).
+    pub store_lock_waits: u64,
+    /// Token fetches that gave up on the shared cache and made a token
+    /// request of their own without sharing it: the store failed, timed out
+    /// or answered something unreadable, or the other process's token did
+    /// not come within the wait.
+    pub store_fallbacks: u64,
+    /// Token fetches that found a value in the shared cache that failed to
+    /// open: tampered with, moved from another key, sealed with another
+    /// secret or by an unknown version. It counts as a miss (and is
+    /// overwritten by the token fetched next); none of its content is logged.
+    pub store_rejected_values: u64,
 }
 
 #[derive(Debug, Default)]
@@ -50,6 +73,11 @@ pub(crate) struct Counters {
     pub(crate) unauthorized_retries: AtomicU64,
     pub(crate) unauthorized: AtomicU64,
     pub(crate) forbidden: AtomicU64,
+    pub(crate) store_hits: AtomicU64,
+    pub(crate) store_misses: AtomicU64,
+    pub(crate) store_lock_waits: AtomicU64,
+    pub(crate) store_fallbacks: AtomicU64,
+    pub(crate) store_rejected_values: AtomicU64,
 }
 
 impl Counters {
@@ -66,6 +94,11 @@ impl Counters {
             unauthorized: self.unauthorized.load(Relaxed),
             forbidden: self.forbidden.load(Relaxed),
             token_sets: 0,
+            store_hits: self.store_hits.load(Relaxed),
+            store_misses: self.store_misses.load(Relaxed),
+            store_lock_waits: self.store_lock_waits.load(Relaxed),
+            store_fallbacks: self.store_fallbacks.load(Relaxed),
+            store_rejected_values: self.store_rejected_values.load(Relaxed),
         }
     }
 }

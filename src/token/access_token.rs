@@ -89,6 +89,19 @@ impl AccessToken {
         Self::build(token, lifetime.clamp(MIN_LIFETIME, MAX_LIFETIME))
     }
 
+    /// A token read back from a shared store: its real expiry and the
+    /// lifetime it was issued with, as its writer knew them.
+    #[cfg(feature = "shared-cache")]
+    pub(crate) fn restored(
+        token: String,
+        expires_at: SystemTime,
+        lifetime: Duration,
+    ) -> Result<Self, TokenError> {
+        let mut restored = Self::build(token, lifetime.clamp(MIN_LIFETIME, MAX_LIFETIME))?;
+        restored.expires_at = expires_at.min(SystemTime::now() + MAX_LIFETIME);
+        Ok(restored)
+    }
+
     fn build(token: String, lifetime: Duration) -> Result<Self, TokenError> {
         if token.trim().is_empty() {
             return Err(TokenError::invalid_response("the access token is empty"));

@@ -59,7 +59,8 @@ pub(crate) struct CacheConfig {
 pub(crate) trait SecondLevel: Send + Sync {
     /// A token for `params`: from the shared store, or from `source` (and
     /// then shared). `previous` is the token this cache had last: the fetch
-    /// wants another one, so the store's copy of it is no hit.
+    /// wants another one, so the store's copy of it is no hit. It bumps
+    /// `token_requests` for each call of `source` it makes.
     fn fetch(
         &self,
         source: Arc<dyn TokenSource>,
@@ -372,7 +373,6 @@ impl CacheInner {
     /// fetch timeout, in its tracing span.
     async fn fetch(&self, previous: Option<AccessToken>) -> Result<AccessToken, TokenError> {
         let config = &self.config;
-        Counters::bump(&config.counters.token_requests);
         let span = tracing::info_span!(
             "propel.token_request",
             background = self.current.load().is_some(),
@@ -380,10 +380,14 @@ impl CacheInner {
         );
         let started = std::time::Instant::now();
         let fetch = match &config.second_level {
+            // It counts the token requests it makes: a token from the store is none.
             Some(second_level) => {
                 second_level.fetch(Arc::clone(&config.source), self.params.clone(), previous)
             }
-            None => config.source.fetch_token(&self.params),
+            None => {
+                Counters::bump(&config.counters.token_requests);
+                config.source.fetch_token(&self.params)
+            }
         };
         let result = tokio::time::timeout(config.settings.fetch_timeout, fetch)
             .instrument(span.clone())

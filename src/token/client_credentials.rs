@@ -46,6 +46,9 @@ pub struct ClientCredentials {
     pub(crate) token_url: String,
     pub(crate) client_auth: ClientAuth,
     pub(crate) http: Option<TokenHttpClient>,
+    /// A token cache the processes of a fleet share.
+    #[cfg(feature = "shared-cache")]
+    pub(crate) shared_cache: Option<crate::shared_cache::SharedCache>,
 }
 
 impl ClientCredentials {
@@ -84,11 +87,14 @@ impl ClientCredentials {
 
 impl fmt::Debug for ClientCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientCredentials")
+        let mut debug = f.debug_struct("ClientCredentials");
+        debug
             .field("credentials", &self.credentials)
             .field("token_url", &self.token_url)
-            .field("client_auth", &self.client_auth)
-            .finish_non_exhaustive()
+            .field("client_auth", &self.client_auth);
+        #[cfg(feature = "shared-cache")]
+        debug.field("shared_cache", &self.shared_cache);
+        debug.finish_non_exhaustive()
     }
 }
 

@@ -1,0 +1,326 @@
+//! A token fetch through the shared store: read, or lock and fetch and
+//! share, or wait for the process that holds the lock, and fall back to a
+//! token request of our own whenever the store fails.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::future::BoxFuture;
+use secrecy::ExposeSecret;
+use tokio::time::Instant;
+use tower::BoxError;
+use tracing::Instrument as _;
+
+use super::seal::{Entry, EntryNames, Keys};
+use super::{SharedCacheSettings, SharedStore};
+use crate::error::TokenError;
+use crate::stats::Counters;
+use crate::token::cache::SecondLevel;
+use crate::{AccessToken, Settings, TokenParams, TokenSource};
+
+/// The [`SecondLevel`] of a layer with a shared cache.
+pub(crate) struct StoreLevel {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn SharedStore>,
+    keys: Keys,
+    /// Part of every key name: tokens of another issuer are other tokens.
+    token_url: String,
+    store_timeout: Duration,
+    peer_wait: Duration,
+    poll_interval: Duration,
+    /// How long a lock lives: the longest a fetch may take.
+    lease: Duration,
+    safety_margin: Duration,
+    refresh_at: f64,
+    counters: Arc<Counters>,
+}
+
+/// Which look at the entry in one fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Look {
+    First,
+    Again,
+}
+
+/// The store failed, timed out, or could not be used; already logged.
+#[derive(Debug)]
+struct StoreFailed;
+
+impl StoreLevel {
+    pub(crate) fn new(
+        store: Arc<dyn SharedStore>,
+        keys: Keys,
+        token_url: String,
+        shared: SharedCacheSettings,
+        settings: &Settings,
+        counters: Arc<Counters>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                keys,
+                token_url,
+                store_timeout: shared.store_timeout.min(settings.fetch_timeout / 4),
+                peer_wait: shared.peer_wait.min(settings.fetch_timeout / 2),
+                poll_interval: shared.poll_interval,
+                lease: settings.fetch_timeout,
+                safety_margin: settings.safety_margin,
+                refresh_at: settings.refresh_at,
+                counters,
+            }),
+        }
+    }
+}
+
+impl SecondLevel for StoreLevel {
+    fn fetch(
+        &self,
+        source: Arc<dyn TokenSource>,
+        params: TokenParams,
+        previous: Option<AccessToken>,
+    ) -> BoxFuture<'static, Result<AccessToken, TokenError>> {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move { inner.fetch(&*source, &params, previous.as_ref()).await })
+    }
+}
+
+impl Inner {
+    async fn fetch(
+        &self,
+        source: &dyn TokenSource,
+        params: &TokenParams,
+        previous: Option<&AccessToken>,
+    ) -> Result<AccessToken, TokenError> {
+        let names = self.keys.names(&self.token_url, params);
+        let previous = previous.map(|token| token.secret().expose_secret());
+        // (1) Someone else's token?
+        match self.look(&names, previous, Look::First).await {
+            Ok(Some(token)) => return Ok(self.hit(token)),
+            Ok(None) => Counters::bump(&self.counters.store_misses),
+            Err(StoreFailed) => return self.fall_back(source, params).await,
+        }
+        // (2) Ours to fetch?
+        let Some(owner) = lock_owner() else {
+            return self.fall_back(source, params).await;
+        };
+        match self.try_lock(&names, &owner).await {
+            Ok(true) => {
+                return self
+                    .fetch_locked(source, params, &names, &owner, previous)
+                    .await
+            }
+            Ok(false) => {}
+            Err(StoreFailed) => return self.fall_back(source, params).await,
+        }
+        // (3) Another process is fetching it: wait for its token, or for the
+        // lock to come free without one (that process failed or died).
+        Counters::bump(&self.counters.store_lock_waits);
+        let deadline = Instant::now() + self.peer_wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            tokio::time::sleep(self.poll_interval.min(left)).await;
+            match self.look(&names, previous, Look::Again).await {
+                Ok(Some(token)) => return Ok(self.hit(token)),
+                Ok(None) => {}
+                Err(StoreFailed) => return self.fall_back(source, params).await,
+            }
+            match self.try_lock(&names, &owner).await {
+                Ok(true) => {
+                    return self
+                        .fetch_locked(source, params, &names, &owner, previous)
+                        .await
+                }
+                Ok(false) => {}
+                Err(StoreFailed) => return self.fall_back(source, params).await,
+            }
+        }
+        tracing::warn!(
+            waited_ms = self.peer_wait.as_millis() as u64,
+            "no token from the process holding the shared cache's lock; fetching our own"
+        );
+        self.fall_back(source, params).await
+    }
+
+    /// With the lock held: reads once more (the holder before us may have
+    /// stored a token between our read and our lock), else fetches, stores
+    /// and unlocks.
+    async fn fetch_locked(
+        &self,
+        source: &dyn TokenSource,
+        params: &TokenParams,
+        names: &EntryNames,
+        owner: &str,
+        previous: Option<&str>,
+    ) -> Result<AccessToken, TokenError> {
+        match self.look(names, previous, Look::Again).await {
+            Ok(Some(token)) => {
+                self.unlock(names, owner).await;
+                return Ok(self.hit(token));
+            }
+            Ok(None) => {}
+            // The lock expires by itself.
+            Err(StoreFailed) => return self.fall_back(source, params).await,
+        }
+        Counters::bump(&self.counters.token_requests);
+        let result = source.fetch_token(params).await;
+        if let Ok(token) = &result {
+            self.put(names, token).await;
+        }
+        self.unlock(names, owner).await;
+        result
+    }
+
+    /// The entry's token if it is a hit: another token than `previous`, not
+    /// past its writer's refresh point, and usable for a while yet. A value
+    /// that does not open is counted and logged on the first look only.
+    async fn look(
+        &self,
+        names: &EntryNames,
+        previous: Option<&str>,
+        look: Look,
+    ) -> Result<Option<AccessToken>, StoreFailed> {
+        let Some(value) = self.round_trip("get", self.store.get(&names.token)).await? else {
+            return Ok(None);
+        };
+        let entry = match self.keys.open(&names.token, &value) {
+            Ok(entry) => entry,
+            Err(_) if look == Look::Again => return Ok(None),
+            Err(_) => {
+                Counters::bump(&self.counters.store_rejected_values);
+                tracing::warn!(
+                    len = value.len(),
+                    "a value in the shared cache did not open (altered, moved from another key, or sealed with another secret); treating it as a miss"
+                );
+                return Ok(None);
+            }
+        };
+        let now = SystemTime::now();
+        let token = entry.token.expose_secret();
+        let usable_until = entry
+            .expires_at
+            .checked_sub(self.margin(entry.lifetime))
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        if previous == Some(token) || now >= entry.refresh_at || now >= usable_until {
+            return Ok(None);
+        }
+        match AccessToken::restored(token.to_owned(), entry.expires_at, entry.lifetime) {
+            Ok(token) => Ok(Some(token)),
+            Err(_) => {
+                Counters::bump(&self.counters.store_rejected_values);
+                tracing::warn!(
+                    "a token in the shared cache cannot be sent in a header; treating it as a miss"
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    fn hit(&self, token: AccessToken) -> AccessToken {
+        Counters::bump(&self.counters.store_hits);
+        tracing::debug!("access token from the shared cache");
+        token
+    }
+
+    /// A token request of our own, shared with nobody.
+    async fn fall_back(
+        &self,
+        source: &dyn TokenSource,
+        params: &TokenParams,
+    ) -> Result<AccessToken, TokenError> {
+        Counters::bump(&self.counters.store_fallbacks);
+        Counters::bump(&self.counters.token_requests);
+        source.fetch_token(params).await
+    }
+
+    async fn try_lock(&self, names: &EntryNames, owner: &str) -> Result<bool, StoreFailed> {
+        self.round_trip("lock", self.store.try_lock(&names.lock, owner, self.lease))
+            .await
+    }
+
+    /// Best effort: a lock left behind expires with its lease.
+    async fn unlock(&self, names: &EntryNames, owner: &str) {
+        let _ = self
+            .round_trip("unlock", self.store.unlock(&names.lock, owner))
+            .await;
+    }
+
+    /// Stores a fresh token for the fleet, to live as long as it is usable;
+    /// best effort.
+    async fn put(&self, names: &EntryNames, token: &AccessToken) {
+        let margin = self.margin(token.lifetime());
+        let ttl = token.expires_in().saturating_sub(margin);
+        if ttl < Duration::from_millis(1) {
+            return;
+        }
+        let entry = Entry {
+            token: token.secret().clone(),
+            expires_at: token.expires_at(),
+            lifetime: token.lifetime(),
+            refresh_at: SystemTime::now() + ttl.mul_f64(self.refresh_at),
+        };
+        let value = match self.keys.seal(&names.token, &entry) {
+            Ok(value) => value,
+            Err(_) => {
+                tracing::warn!("could not seal a token for the shared cache (no randomness?)");
+                return;
+            }
+        };
+        let _ = self
+            .round_trip("put", self.store.put(&names.token, value, ttl))
+            .await;
+    }
+
+    /// The safety margin of a token of `lifetime`, as the in-process cache
+    /// computes it.
+    fn margin(&self, lifetime: Duration) -> Duration {
+        self.safety_margin.min(lifetime / 4)
+    }
+
+    /// One round trip to the store, bounded, in its own span; failures are
+    /// logged here (without any key's value).
+    async fn round_trip<T>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = Result<T, BoxError>>,
+    ) -> Result<T, StoreFailed> {
+        let span = tracing::debug_span!("propel.shared_cache", op, outcome = tracing::field::Empty);
+        let result = tokio::time::timeout(self.store_timeout, call)
+            .instrument(span.clone())
+            .await;
+        match result {
+            Ok(Ok(value)) => {
+                span.record("outcome", "ok");
+                Ok(value)
+            }
+            Ok(Err(err)) => {
+                span.record("outcome", "error");
+                tracing::warn!(parent: &span, error = %err, "a round trip to the shared cache failed");
+                Err(StoreFailed)
+            }
+            Err(_) => {
+                span.record("outcome", "timeout");
+                tracing::warn!(
+                    parent: &span,
+                    timeout_ms = self.store_timeout.as_millis() as u64,
+                    "the shared cache did not answer in time"
+                );
+                Err(StoreFailed)
+            }
+        }
+    }
+}
+
+/// A random lock value, so that only its holder unlocks; `None` without
+/// randomness.
+fn lock_owner() -> Option<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).ok()?;
+    Some(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
+}

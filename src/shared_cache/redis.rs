@@ -1,0 +1,129 @@
+//! [`RedisStore`]: the shared store in Redis or Valkey.
+
+use std::fmt;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use redis::aio::ConnectionLike;
+use tower::BoxError;
+
+use super::SharedStore;
+
+/// Deletes the lock only if it still holds our value.
+const UNLOCK: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) else return 0 end"#;
+
+/// A [`SharedStore`] in Redis or Valkey, over a connection the service
+/// already has (feature `redis`): `GET`, `SET … PX` for tokens, `SET … NX PX`
+/// for locks and a compare-and-delete script to unlock. Both keys of an
+/// entry carry one hash tag, so a cluster connection works as well.
+///
+/// Give it a `redis::aio::ConnectionManager`, which reconnects by itself
+/// after Redis restarts; a plain `MultiplexedConnection` stays broken after
+/// that (every fetch then falls back to its own token request). TLS, ACLs,
+/// Sentinel and Cluster are configured on the connection.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use tower_propel_auth::shared_cache::{RedisStore, SharedCache};
+///
+/// let client = redis::Client::open("rediss://user:password@redis.internal:6380/")?;
+/// let connection = redis::aio::ConnectionManager::new(client).await?;
+/// let shared = SharedCache::new(RedisStore::new(connection)); // = SharedCache::redis(connection)
+/// # let _ = shared; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore<C> {
+    connection: C,
+}
+
+impl<C> RedisStore<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    /// A store over `connection`, cloned for each round trip.
+    pub fn new(connection: C) -> Self {
+        Self { connection }
+    }
+}
+
+impl<C> fmt::Debug for RedisStore<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore").finish_non_exhaustive()
+    }
+}
+
+impl<C> SharedStore for RedisStore<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, BoxError>> {
+        let mut connection = self.connection.clone();
+        Box::pin(async move {
+            let value: Option<Vec<u8>> = redis::cmd("GET")
+                .arg(key)
+                .query_async(&mut connection)
+                .await?;
+            Ok(value)
+        })
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
+        let mut connection = self.connection.clone();
+        Box::pin(async move {
+            let () = redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("PX")
+                .arg(millis(ttl))
+                .query_async(&mut connection)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn try_lock<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, BoxError>> {
+        let mut connection = self.connection.clone();
+        Box::pin(async move {
+            let set: Option<String> = redis::cmd("SET")
+                .arg(key)
+                .arg(owner)
+                .arg("NX")
+                .arg("PX")
+                .arg(millis(lease))
+                .query_async(&mut connection)
+                .await?;
+            Ok(set.is_some())
+        })
+    }
+
+    fn unlock<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFuture<'a, Result<(), BoxError>> {
+        let mut connection = self.connection.clone();
+        Box::pin(async move {
+            let _deleted: i64 = redis::cmd("EVAL")
+                .arg(UNLOCK)
+                .arg(1)
+                .arg(key)
+                .arg(owner)
+                .query_async(&mut connection)
+                .await?;
+            Ok(())
+        })
+    }
+}
+
+/// Whole milliseconds, at least one (Redis refuses `PX 0`).
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
