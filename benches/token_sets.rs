@@ -68,8 +68,11 @@ impl TokenSets for QuickCache {
 
 /// The store as it was: entries by a keyed hash in 16 shards, read-locked
 /// for a lookup, recency an epoch stored on use.
+/// Entries by their keyed hash, each bucket almost always of one.
+type Shard = HashMap<u64, Vec<Entry>, BuildHasherDefault<Prehashed>>;
+
 struct Sharded16 {
-    shards: Vec<RwLock<HashMap<u64, Vec<Entry>, BuildHasherDefault<Prehashed>>>>,
+    shards: Vec<RwLock<Shard>>,
     hasher: RandomState,
     insert: Mutex<()>,
     epoch: AtomicU64,

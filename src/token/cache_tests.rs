@@ -295,8 +295,10 @@ async fn waiters_of_a_failed_fetch_share_one_error_then_fail_fast_during_the_coo
 #[tokio::test(start_paused = true)]
 async fn a_token_request_that_never_answers_times_out() {
     let source = ScriptedSource::new(Duration::ZERO, Step::Hang);
-    let mut settings = Settings::default();
-    settings.fetch_timeout = Duration::from_secs(3);
+    let settings = Settings {
+        fetch_timeout: Duration::from_secs(3),
+        ..Settings::default()
+    };
     let (layer, _) = layer_with(&source, settings, false);
     let service = layer.layer_over(Api::default());
     let started = tokio::time::Instant::now();
@@ -314,9 +316,11 @@ async fn a_token_request_that_never_answers_times_out() {
 async fn a_stale_token_is_not_used_and_the_next_request_waits_for_a_new_one() {
     // A 40 s token is stale at 30 s (margin: a quarter of the lifetime).
     let source = ScriptedSource::tokens(Duration::from_secs(1), Duration::from_secs(40));
-    let mut settings = Settings::default();
-    settings.refresh_at = 1.0;
-    settings.refresh_jitter = 0.0;
+    let settings = Settings {
+        refresh_at: 1.0,
+        refresh_jitter: 0.0,
+        ..Settings::default()
+    };
     let (layer, _) = layer_with(&source, settings, false);
     let service = layer.layer_over(Api::default());
     assert_eq!(send(&service).await.unwrap(), "Bearer token1");
@@ -471,9 +475,11 @@ async fn a_401_during_background_backoff_fetches_at_once_instead_of_waiting_it_o
     let source = ScriptedSource::tokens(Duration::ZERO, HOUR)
         .then(Step::Token(HOUR))
         .then(Step::Fail(TokenErrorKind::Server));
-    let mut settings = Settings::default();
-    settings.backoff_base = Duration::from_secs(20);
-    settings.backoff_max = Duration::from_secs(60);
+    let settings = Settings {
+        backoff_base: Duration::from_secs(20),
+        backoff_max: Duration::from_secs(60),
+        ..Settings::default()
+    };
     let (layer, _) = layer_with(&source, settings, true);
     let api = Api::default();
     let service = layer.layer_over(api.clone());
@@ -675,8 +681,10 @@ fn under_a_storm_of_401s_token_requests_never_overlap() {
         .build()
         .unwrap();
     let source = Overlaps::default();
-    let mut settings = Settings::default();
-    settings.cooldown = Duration::ZERO;
+    let settings = Settings {
+        cooldown: Duration::ZERO,
+        ..Settings::default()
+    };
     let layer = PropelAuthLayer::token_source(source.clone())
         .settings(settings)
         .build()

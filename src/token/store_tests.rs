@@ -48,8 +48,10 @@ async fn a_hundred_tenants_times_a_hundred_requests_make_a_hundred_token_request
 #[tokio::test(start_paused = true)]
 async fn the_bound_holds_and_no_tenant_gets_another_tenants_token() {
     let source = ScriptedSource::tokens(Duration::from_millis(1), HOUR);
-    let mut settings = Settings::default();
-    settings.max_token_sets = 10;
+    let settings = Settings {
+        max_token_sets: 10,
+        ..Settings::default()
+    };
     let (layer, _) = layer_with(&source, settings, false);
     let service = layer.layer_over(Api::default());
     let mut max_seen = 0;
