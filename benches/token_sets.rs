@@ -1,9 +1,10 @@
 //! The bounded map of per-tenant token caches, three ways, at 1 to 64 tasks:
 //!
-//! - `mutex_lru`: one `std::sync::Mutex` over an `lru::LruCache`: what the
-//!   crate uses (`src/token/store.rs`);
+//! - `mutex_lru`: one `std::sync::Mutex` over an `lru::LruCache`, the
+//!   simplest bounded map;
 //! - `quick_cache`: `quick_cache::sync::Cache`, a well-kept concurrent
-//!   bounded cache (sharded, read locks, CLOCK-style eviction);
+//!   bounded cache (sharded read locks, CLOCK-Pro eviction): what the crate
+//!   uses (`src/token/store.rs`), because it measured best here;
 //! - `sharded_16`: the 16-shard `RwLock` map with an approximate LRU that
 //!   the crate had before (a faithful copy of its lookup path).
 //!
