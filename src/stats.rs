@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// let layer = PropelAuthLayer::client_credentials(Credentials::new("APP01…", "secret")?).build()?;
 /// let stats = layer.stats();
 /// println!(
-///     "token requests {} ({} failed), requests that waited {}, 401 retries {}, 403s {}",
+///     "token requests {} ({} failed), requests that waited {}, tokens rejected {}, 403s {}",
 ///     stats.token_requests, stats.token_failures, stats.waited_for_token,
-///     stats.unauthorized_retries, stats.forbidden,
+///     stats.tokens_rejected, stats.forbidden,
 /// );
 /// # Ok(()) }
 /// ```
@@ -32,9 +32,16 @@ pub struct Stats {
     /// they joined (or started) a token request. A request failing fast
     /// during a cool-down does not count; a 401 retry's wait does.
     pub waited_for_token: u64,
-    /// Requests sent a second time with a fresh token after a 401.
+    /// Requests the layer itself sent a second time with a fresh token after
+    /// a 401 ([`retry_unauthorized`](crate::TokenLayerBuilder::retry_unauthorized)).
     pub unauthorized_retries: u64,
-    /// Requests that ended in [`Error::Unauthorized`](crate::Error::Unauthorized).
+    /// Tokens dropped because Propel answered 401 to a request that carried
+    /// them: one per rejected token, however many requests carried it. The
+    /// next request gets a fresh token, so with a retry layer outside (or
+    /// the layer's own replay) these 401s are cured, not final.
+    pub tokens_rejected: u64,
+    /// Requests that ended in [`Error::Unauthorized`](crate::Error::Unauthorized),
+    /// transient ones (which a retry cures) included.
     pub unauthorized: u64,
     /// Requests that ended in [`Error::Forbidden`](crate::Error::Forbidden).
     pub forbidden: u64,
@@ -71,6 +78,7 @@ pub(crate) struct Counters {
     pub(crate) token_failures: AtomicU64,
     pub(crate) waited_for_token: AtomicU64,
     pub(crate) unauthorized_retries: AtomicU64,
+    pub(crate) tokens_rejected: AtomicU64,
     pub(crate) unauthorized: AtomicU64,
     pub(crate) forbidden: AtomicU64,
     pub(crate) store_hits: AtomicU64,
@@ -91,6 +99,7 @@ impl Counters {
             token_failures: self.token_failures.load(Relaxed),
             waited_for_token: self.waited_for_token.load(Relaxed),
             unauthorized_retries: self.unauthorized_retries.load(Relaxed),
+            tokens_rejected: self.tokens_rejected.load(Relaxed),
             unauthorized: self.unauthorized.load(Relaxed),
             forbidden: self.forbidden.load(Relaxed),
             token_sets: 0,

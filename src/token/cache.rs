@@ -282,6 +282,7 @@ impl TokenCache {
             return Invalidated::AlreadyReplaced;
         }
         slow.dropped = Some(rejected);
+        Counters::bump(&inner.config.counters.tokens_rejected);
         slow.cooldown_until = Some(now + inner.config.settings.cooldown);
         slow.failure = None;
         tracing::info!("Propel rejected the cached access token with 401; fetching a new one");

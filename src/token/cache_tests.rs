@@ -345,6 +345,7 @@ async fn fifty_concurrent_401s_on_one_token_cause_one_refresh_and_fifty_replays(
     }
     assert_eq!(source.calls(), 2, "one refresh for all fifty 401s");
     assert_eq!(layer.stats().unauthorized_retries, 50);
+    assert_eq!(layer.stats().tokens_rejected, 1);
     assert_eq!(api.calls(), 1 + 50 + 50);
 }
 
