@@ -428,7 +428,8 @@ impl TokenLayerBuilder<ClientCredentials> {
     }
 
     /// Shares tokens with the other processes of a fleet through a store
-    /// (Redis with [`SharedCache::redis`](crate::shared_cache::SharedCache::redis)):
+    /// ([`SharedCache`](crate::shared_cache::SharedCache); in Redis with
+    /// `SharedCache::redis`, feature `redis`):
     /// before each token request, the layer's cache looks there for a token
     /// another process fetched, so the fleet makes one token request per
     /// parameter set and token lifetime instead of one per process. See
