@@ -9,26 +9,22 @@
 
 #[path = "support/redis.rs"]
 mod redis_server;
+#[path = "support/shared_cache.rs"]
+mod shared;
 mod support;
 
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use bytes::Bytes;
 use futures_util::future::join_all;
-use http::{Request, StatusCode};
-use http_body_util::Full;
 use serde_json::Value;
-use tower::{Layer, ServiceExt};
-use tower_propel_auth::secrecy::ExposeSecret;
 use tower_propel_auth::shared_cache::{SharedCache, SharedCacheSettings};
-use tower_propel_auth::{FakePropel, PropelAuthLayer, TokenParams};
+use tower_propel_auth::{FakePropel, PropelAuthLayer};
 
 use redis_server::RedisServer;
-use support::{
-    graphql, hyper_client, json, tenanted_application, token_layer_with, DATA_POOL_QUERY,
-};
+use shared::{query, token_of};
+use support::{tenanted_application, token_layer_with};
 
 /// One process of the fleet: a layer of its own, sharing `redis`.
 async fn process(fake: &FakePropel, redis: &RedisServer) -> PropelAuthLayer {
@@ -45,38 +41,6 @@ async fn process_with(
         .retry_unauthorized(true)
         .build()
         .expect("a layer")
-}
-
-/// A Data Pool query for `tenant`'s data.
-fn query_for(fake: &FakePropel, tenant: &str) -> Request<Full<Bytes>> {
-    let mut request = graphql(&fake.api_url(), DATA_POOL_QUERY);
-    request.extensions_mut().insert(TokenParams::tenant(tenant));
-    request
-}
-
-/// Sends a query for `tenant` through `layer`; checks it succeeded with a
-/// token naming that tenant.
-async fn query(fake: &FakePropel, layer: &PropelAuthLayer, tenant: &str) {
-    let response = layer
-        .layer(hyper_client())
-        .oneshot(query_for(fake, tenant))
-        .await
-        .unwrap_or_else(|err| panic!("the query for {tenant} failed: {err}"));
-    assert_eq!(response.status(), StatusCode::OK, "for {tenant}");
-    let body: Value = json(response).await;
-    assert_eq!(
-        body["extensions"]["policyValues"]["tenant_id"], tenant,
-        "{body}"
-    );
-}
-
-/// The token the layer holds for `tenant`.
-async fn token_of(layer: &PropelAuthLayer, tenant: &str) -> String {
-    let token = layer
-        .access_token(Some(&TokenParams::tenant(tenant)))
-        .await
-        .expect("a token");
-    token.secret().expose_secret().to_owned()
 }
 
 async fn start() -> (FakePropel, RedisServer) {
@@ -356,95 +320,6 @@ async fn wait_for_reconnect(layers: &[&PropelAuthLayer], fake: &FakePropel) {
             assert!(Instant::now() < deadline, "no reconnection within 10 s");
             attempt += 1;
             tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-/// Everything `tracing` writes, shared with the subscriber.
-#[derive(Clone, Default)]
-struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// On one thread, so that the subscriber sees the fetch tasks too.
-#[tokio::test(flavor = "current_thread")]
-async fn each_round_trip_has_a_span_and_no_log_shows_a_token_the_secret_or_a_value() {
-    const SECRET: &str = "SENTINEL-SECRET-0f4c2a7e9b1d";
-    let logs = Logs::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
-        .with_ansi(false)
-        .with_writer({
-            let logs = logs.clone();
-            move || logs.clone()
-        })
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-
-    let (fake, mut redis) = start().await;
-    fake.add_application("APP01SENTINEL", SECRET, &["data_pool:query"]);
-    let credentials = tower_propel_auth::Credentials::new("APP01SENTINEL", SECRET).unwrap();
-    let process = || async {
-        token_layer_with(&fake, credentials.clone())
-            .shared_cache(SharedCache::redis(redis.connection().await))
-            .build()
-            .unwrap()
-    };
-    // A miss, then a hit, then a tampered value, then Redis gone.
-    let (a, b) = (process().await, process().await);
-    query(&fake, &a, "acme").await;
-    query(&fake, &b, "acme").await;
-    let key = redis.keys().await.remove(0);
-    let mut value = redis.get(&key).await.unwrap();
-    let stored = value.clone();
-    value[40] ^= 1;
-    redis.set(&key, &value).await;
-    let c = process().await;
-    query(&fake, &c, "acme").await;
-    redis.stop();
-    query(&fake, &c, "globex").await;
-    assert_eq!(c.stats().store_rejected_values, 1);
-    assert_eq!(c.stats().store_fallbacks, 1);
-
-    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
-    for op in ["get", "lock", "put", "unlock"] {
-        assert!(
-            text.contains(&format!("propel.shared_cache{{op=\"{op}\"")),
-            "no span for {op}:\n{text}"
-        );
-    }
-    assert!(text.contains("did not open"), "{text}");
-    let mut tokens = Vec::new();
-    for layer in [&a, &c] {
-        for tenant in ["acme", "globex"] {
-            if let Ok(token) = layer.access_token(Some(&TokenParams::tenant(tenant))).await {
-                tokens.push(token.secret().expose_secret().to_owned());
-            }
-        }
-    }
-    assert!(tokens.len() >= 2);
-    for token in &tokens {
-        assert!(!text.contains(token.as_str()), "a token in the logs");
-        let signature = token.rsplit('.').next().unwrap();
-        assert!(!text.contains(signature), "a token's signature in the logs");
-    }
-    assert!(!text.contains(SECRET), "the secret in the logs");
-    for bytes in [&stored, &value] {
-        let debug = format!("{:?}", &bytes[1..17]);
-        let hex: String = bytes[1..17].iter().map(|b| format!("{b:02x}")).collect();
-        let base64 = URL_SAFE_NO_PAD.encode(&bytes[..24]);
-        for shown in [&debug[1..debug.len() - 1], &hex, &base64[..20]] {
-            assert!(!text.contains(shown), "a stored value in the logs");
         }
     }
 }
