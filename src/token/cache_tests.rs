@@ -578,13 +578,12 @@ fn a_flight_abandoned_by_its_runtime_is_a_transient_error_and_the_next_request_f
 
     // The fetch runs on runtime A; a request on runtime B (another thread) joins it.
     let a = runtime();
-    let mut first = a.block_on(async {
-        let mut first = Box::pin(send(&service));
+    let mut first = Box::pin(send(&service));
+    a.block_on(async {
         assert!(polls_pending(first.as_mut()).await);
         while source.calls() == 0 {
             tokio::task::yield_now().await; // the fetch task is in its token request
         }
-        first
     });
     let waiter = std::thread::spawn({
         let service = service.clone();
