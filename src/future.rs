@@ -49,17 +49,17 @@ pin_project! {
             sent: Option<Sent>,
             replay: Option<Box<Parked<S, Req>>>,
         },
-        // No usable token: waiting on the cache's single flight, holding the
-        // request and an inner service that is not ready (so no permit).
+        // No usable token: waiting on the cache's single flight (joined at
+        // the first poll, on the runtime that drives this future), holding
+        // the request and an inner service that is not ready (so no permit).
         AwaitingToken {
-            wait: TokenWait,
+            wait: Option<TokenWait>,
             parked: Option<Box<Parked<S, Req>>>,
             retry: bool,
         },
-        // The token is here: making the inner service ready to send.
+        // A token is here: making the inner service ready to send.
         Readying {
             parked: Option<Box<Parked<S, Req>>>,
-            token: Arc<CachedToken>,
             retry: bool,
         },
         // A 401 or 403: reading (a capped part of) the body for the message.
@@ -179,7 +179,7 @@ where
     pub(crate) fn awaiting_token(cache: TokenCache, request: Req, service: S) -> Self {
         Self {
             state: State::AwaitingToken {
-                wait: cache.wait(),
+                wait: None,
                 parked: Some(Box::new(Parked {
                     request,
                     service,
@@ -235,35 +235,20 @@ where
                     parked,
                     retry,
                 } => {
-                    let token = ready!(Pin::new(wait).poll(cx)).map_err(Error::Token)?;
+                    let waiting = parked.as_ref().expect("polled after completion");
+                    let wait = wait.get_or_insert_with(|| waiting.cache.wait());
+                    ready!(Pin::new(wait).poll(cx)).map_err(Error::Token)?;
                     State::Readying {
                         parked: parked.take(),
-                        token,
                         retry: *retry,
                     }
                 }
-                StateProj::Readying {
-                    parked,
-                    token,
-                    retry,
-                } => {
+                StateProj::Readying { parked, retry } => {
                     let waiting = parked.as_mut().expect("polled after completion");
                     ready!(waiting.service.poll_ready(cx))
                         .map_err(|err| Error::Service(err.into()))?;
-                    let Parked {
-                        request,
-                        mut service,
-                        cache,
-                    } = *parked.take().expect("polled after completion");
-                    if *retry {
-                        Counters::bump(&cache.config().counters.unauthorized_retries);
-                    }
-                    let sent = Sent::Token {
-                        cache: CacheRef::Held(cache),
-                        generation: token.generation,
-                        retried: *retry,
-                    };
-                    State::send(&mut service, request, token.header.clone(), sent)
+                    let parked = parked.take().expect("polled after completion");
+                    State::send_parked(*parked, *retry)
                 }
                 StateProj::ReadingBody { body, rejected } => {
                     let body = ready!(body.as_mut().poll(cx));
@@ -317,6 +302,44 @@ where
         }
     }
 
+    /// Sends a request that waited, on its readied service, with the token
+    /// cached now: one that went stale or that a 401 dropped while the
+    /// service got ready is never sent. Without one, it gives the readied
+    /// service back and waits again.
+    fn send_parked(parked: Parked<S, Req>, retry: bool) -> Self
+    where
+        S: Clone,
+        Req: AuthRequest,
+    {
+        let Parked {
+            request,
+            mut service,
+            cache,
+        } = parked;
+        let Some((header, generation)) = cache.cached() else {
+            let unready = service.clone();
+            drop(service);
+            return State::AwaitingToken {
+                wait: None,
+                parked: Some(Box::new(Parked {
+                    request,
+                    service: unready,
+                    cache,
+                })),
+                retry,
+            };
+        };
+        if retry {
+            Counters::bump(&cache.config().counters.unauthorized_retries);
+        }
+        let sent = Sent::Token {
+            cache: CacheRef::Held(cache),
+            generation,
+            retried: retry,
+        };
+        State::send(&mut service, request, header, sent)
+    }
+
     /// A 401: drops the rejected token if it is still the cached one, then
     /// sends the replay copy with a fresh token, or fails with
     /// [`Error::Unauthorized`], transient when a fresh token may cure it.
@@ -343,12 +366,12 @@ where
             return State::read_body(response, Rejected::orphan(status));
         };
         // The token sent, to keep it out of the message, before it is dropped.
-        let sent_token = cache.current_of(generation);
+        let sent_token = cache.token_of(generation);
         let may_cure =
             !retried && cache.config().renewable && cache.invalidate(generation).may_cure();
         match replay {
             Some(parked) if may_cure => State::AwaitingToken {
-                wait: parked.cache.wait(),
+                wait: None,
                 parked: Some(parked),
                 retry: true,
             },
@@ -374,7 +397,7 @@ where
             Sent::Token {
                 cache, generation, ..
             } => match cache.resolve() {
-                Some(cache) => Rejected::token(&cache, cache.current_of(generation), status),
+                Some(cache) => Rejected::token(&cache, cache.token_of(generation), status),
                 None => Rejected::orphan(status),
             },
         };

@@ -344,8 +344,9 @@ impl<Source> TokenLayerBuilder<Source> {
 
     /// Whether the layer itself sends a request once more after a 401, with
     /// a fresh token, for stacks without a retry layer (default false). It
-    /// keeps a copy of every request whose body can be replayed, which
-    /// costs a `HeaderMap` clone per request. With a retry layer outside
+    /// keeps a copy of every request whose body can be replayed: its headers,
+    /// extensions and in-memory body, a clone of the inner service and a
+    /// box, on every request. With a retry layer outside
     /// (`retry::TransientErrors`), leave it off: a 401 that a fresh token may
     /// cure is a transient [`Error::Unauthorized`](crate::Error::Unauthorized),
     /// and the retry layer already holds a copy.

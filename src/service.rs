@@ -159,7 +159,7 @@ impl<S> PropelAuth<S> {
                 // a buffer slot) while the request waits: the future readies
                 // a clone once the token is here.
                 let unready = self.inner.clone();
-                drop(std::mem::replace(&mut self.inner, unready.clone()));
+                self.inner = unready.clone();
                 ResponseFuture::awaiting_token(cache, request, unready)
             }
         }

@@ -330,7 +330,7 @@ impl Default for SharedCacheSettings {
 impl SharedCacheSettings {
     /// Refuses zero and overlong durations.
     fn validate(&self) -> Result<(), ConfigError> {
-        const DAY: Duration = Duration::from_secs(24 * 3600);
+        const DAY: Duration = crate::token::access_token::MAX_LIFETIME;
         if self.store_timeout.is_zero() || self.store_timeout > DAY {
             return Err(ConfigError::invalid(
                 "SharedCacheSettings::store_timeout",

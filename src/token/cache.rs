@@ -25,11 +25,12 @@ use std::hash::{BuildHasher, Hasher};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use arc_swap::ArcSwapOption;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use http::HeaderValue;
+use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::Instrument as _;
 
@@ -69,12 +70,23 @@ pub(crate) trait SecondLevel: Send + Sync {
     ) -> BoxFuture<'static, Result<AccessToken, TokenError>>;
 }
 
-/// A token in the cache, with its pre-built header and its deadlines.
+/// A 401 on a token fetched to replace one a 401 rejected, this soon after
+/// it arrived, is the second 401 of one request (its retry's): final. Later,
+/// it is a new rejection like any other.
+const SECOND_401_WINDOW: Duration = Duration::from_secs(60);
+
+/// The least usable life a token must arrive with: less would send nearly
+/// every request to fetch again.
+const MIN_USABLE: Duration = Duration::from_millis(50);
+
+/// A token in the cache, with its deadlines.
 pub(crate) struct CachedToken {
-    pub(crate) header: HeaderValue,
     /// Tells this token from its successors, for [`TokenCache::invalidate`].
     pub(crate) generation: u64,
     pub(crate) token: AccessToken,
+    arrived_at: Time,
+    /// It was fetched because a 401 rejected the one before.
+    replaces_rejected: bool,
     /// From here on the token is not sent: it is too close to its expiry.
     stale_at: Time,
     /// From here on a reader starts a background refresh: the refresh point,
@@ -84,6 +96,12 @@ pub(crate) struct CachedToken {
 }
 
 impl CachedToken {
+    /// `Authorization: Bearer …`, marked sensitive.
+    #[inline]
+    pub(crate) fn header(&self) -> &HeaderValue {
+        self.token.header()
+    }
+
     /// Whether the token may be sent at `now`.
     #[inline]
     pub(crate) fn is_usable(&self, now: Time) -> bool {
@@ -132,10 +150,26 @@ struct Slow {
 
 struct InFlight {
     id: u64,
+    started: Time,
     outcome: Flight,
 }
 
-pub(crate) type Flight = Shared<BoxFuture<'static, Outcome>>;
+pub(crate) type Flight = Shared<oneshot::Receiver<Outcome>>;
+
+/// A flight decided under the lock, spawned after it is released: a runtime
+/// that is shutting down drops the task at once, and the guard's `Drop`
+/// takes the lock.
+struct Spawn {
+    runtime: tokio::runtime::Handle,
+    guard: FlightGuard,
+    previous: Option<AccessToken>,
+}
+
+impl Spawn {
+    fn spawn(self) {
+        self.runtime.spawn(self.guard.run(self.previous));
+    }
+}
 
 /// A fetch's result, shared by all its waiters.
 pub(crate) struct Outcome(Result<Arc<CachedToken>, TokenError>);
@@ -156,6 +190,9 @@ pub(crate) enum Invalidated {
     Dropped,
     /// It had already been replaced: the next request uses another token.
     AlreadyReplaced,
+    /// It was dropped, but it had itself replaced a token a 401 rejected
+    /// moments before: the request's second 401, final.
+    DroppedAgain,
     /// Another 401 dropped a token less than a cool-down ago: this one is
     /// kept, so that a server rejecting every token cannot cause a refresh
     /// storm.
@@ -165,7 +202,7 @@ pub(crate) enum Invalidated {
 impl Invalidated {
     /// Whether sending the request again may succeed: it will carry another token.
     pub(crate) fn may_cure(self) -> bool {
-        self != Invalidated::Throttled
+        matches!(self, Invalidated::Dropped | Invalidated::AlreadyReplaced)
     }
 }
 
@@ -192,7 +229,7 @@ impl TokenCache {
         if token.refresh_is_due(now) {
             self.inner.refresh_ahead(token, now);
         }
-        Some((token.header.clone(), token.generation))
+        Some((token.header().clone(), token.generation))
     }
 
     /// [`check`](Self::check) on the current token, if any.
@@ -213,13 +250,18 @@ impl TokenCache {
     /// A token that may be sent now: the cached one, the one in flight, or
     /// one fetched now; during a cool-down, the error that started it.
     pub(crate) fn wait(&self) -> TokenWait {
+        self.join(true)
+    }
+
+    /// [`wait`](Self::wait), counting the request as one that waited or not.
+    fn join(&self, count: bool) -> TokenWait {
         let inner = &self.inner;
         let now = inner.config.clock.now();
         let mut slow = inner.lock_slow();
         if let Some(token) = inner.usable(now) {
             return TokenWait::ready(Ok(token));
         }
-        let flight = match &slow.flight {
+        let flight = match inner.live_flight(&slow, now) {
             Some(flight) => flight.outcome.clone(),
             None => {
                 if let (Some(until), Some(failure)) = (slow.cooldown_until, &slow.failure) {
@@ -227,18 +269,28 @@ impl TokenCache {
                         return TokenWait::ready(Err(failure.share()));
                     }
                 }
-                match inner.start_flight(&mut slow) {
-                    Ok(flight) => flight,
+                match inner.start_flight(&mut slow, now) {
+                    Ok((flight, spawn)) => {
+                        drop(slow);
+                        spawn.spawn();
+                        flight
+                    }
                     Err(err) => return TokenWait::ready(Err(err)),
                 }
             }
         };
-        Counters::bump(&inner.config.counters.waited_for_token);
-        TokenWait::Flight(flight)
+        if count {
+            Counters::bump(&inner.config.counters.waited_for_token);
+        }
+        let patience = inner.config.settings.fetch_timeout + Duration::from_millis(100);
+        TokenWait::Flight {
+            flight,
+            patience: Box::pin(tokio::time::sleep(patience)),
+            cache: self.clone(),
+        }
     }
 
-    /// A token that may be sent now, without counting as a request: for
-    /// handing tokens out.
+    /// A token that may be sent now: for handing tokens out.
     pub(crate) async fn token(&self) -> Result<AccessToken, TokenError> {
         if let Some(current) = self.inner.current.load_full() {
             if self.check(&current).is_some() {
@@ -261,6 +313,18 @@ impl TokenCache {
             .filter(|token| token.generation == generation)
     }
 
+    /// The token of `generation`, current or the one a 401 dropped last:
+    /// what a 401 or 403's message must not show.
+    pub(crate) fn token_of(&self, generation: u64) -> Option<Arc<CachedToken>> {
+        self.current_of(generation).or_else(|| {
+            self.inner
+                .lock_slow()
+                .dropped
+                .clone()
+                .filter(|token| token.generation == generation)
+        })
+    }
+
     /// Drops the token of `generation` after a 401, if it is still current
     /// and no other 401 dropped one less than a cool-down ago.
     pub(crate) fn invalidate(&self, generation: u64) -> Invalidated {
@@ -281,18 +345,29 @@ impl TokenCache {
         {
             return Invalidated::AlreadyReplaced;
         }
+        let again = rejected.replaces_rejected && now < rejected.arrived_at + SECOND_401_WINDOW;
         slow.dropped = Some(rejected);
         Counters::bump(&inner.config.counters.tokens_rejected);
         slow.cooldown_until = Some(now + inner.config.settings.cooldown);
         slow.failure = None;
         tracing::info!("Propel rejected the cached access token with 401; fetching a new one");
         // Fetch the next token now, so the retry finds it on its way.
-        if slow.flight.is_none() {
-            if let Err(err) = inner.start_flight(&mut slow) {
-                tracing::warn!(error = %err, "could not start a token fetch after a 401");
+        if inner.live_flight(&slow, now).is_none() {
+            match inner.start_flight(&mut slow, now) {
+                Ok((_, spawn)) => {
+                    drop(slow);
+                    spawn.spawn();
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not start a token fetch after a 401")
+                }
             }
         }
-        Invalidated::Dropped
+        if again {
+            Invalidated::DroppedAgain
+        } else {
+            Invalidated::Dropped
+        }
     }
 }
 
@@ -321,21 +396,43 @@ impl CacheInner {
             .load()
             .as_deref()
             .is_some_and(|current| std::ptr::eq(current, token));
-        if !still_current || slow.flight.is_some() || !token.refresh_is_due(now) {
+        if !still_current || self.live_flight(&slow, now).is_some() || !token.refresh_is_due(now) {
             return;
         }
         tracing::debug!("access token due for refresh; fetching the next one in the background");
-        match self.start_flight(&mut slow) {
-            Ok(_) => token.refresh_from(Time::NEVER),
+        match self.start_flight(&mut slow, now) {
+            Ok((_, spawn)) => {
+                token.refresh_from(Time::NEVER);
+                drop(slow);
+                spawn.spawn();
+            }
             Err(err) => {
-                // Not on a runtime: let a reader that is try.
+                // Not on a runtime: a reader that is tries after a while.
+                token.refresh_from(now + self.config.settings.backoff_base);
                 tracing::warn!(error = %err, "could not start a background token refresh");
             }
         }
     }
 
-    /// Spawns the one fetch task and records it as in flight.
-    fn start_flight(self: &Arc<Self>, slow: &mut Slow) -> Result<Flight, TokenError> {
+    /// The flight in progress, unless it started longer than the fetch
+    /// timeout ago: a flight that old is lost (its runtime is not being
+    /// driven, or the host slept), and waiting on it would only end in its
+    /// timeout. A new flight then replaces it, the one case where two token
+    /// requests of one cache may overlap, briefly.
+    fn live_flight<'s>(&self, slow: &'s Slow, now: Time) -> Option<&'s InFlight> {
+        let timeout = self.config.settings.fetch_timeout;
+        slow.flight
+            .as_ref()
+            .filter(|flight| now < flight.started + timeout)
+    }
+
+    /// Records a new flight; the caller spawns its task once the lock is
+    /// released.
+    fn start_flight(
+        self: &Arc<Self>,
+        slow: &mut Slow,
+        now: Time,
+    ) -> Result<(Flight, Spawn), TokenError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             TokenError::from_source(
                 "a token fetch needs a tokio runtime (with its timer enabled), and none is running on this thread",
@@ -350,24 +447,25 @@ impl CacheInner {
             .load_full()
             .or_else(|| slow.dropped.clone())
             .map(|token| token.token.clone());
+        let outcome = rx.shared();
+        slow.flight = Some(InFlight {
+            id,
+            started: now,
+            outcome: outcome.clone(),
+        });
         let guard = FlightGuard {
             cache: Arc::clone(self),
             id,
             tx: Some(tx),
         };
-        runtime.spawn(guard.run(previous));
-        let outcome = async move {
-            // The guard always answers; this is only for a task that was
-            // never polled and whose runtime could not even drop it.
-            rx.await.unwrap_or_else(|_| Outcome(Err(abandoned(false))))
-        }
-        .boxed()
-        .shared();
-        slow.flight = Some(InFlight {
-            id,
-            outcome: outcome.clone(),
-        });
-        Ok(outcome)
+        Ok((
+            outcome,
+            Spawn {
+                runtime,
+                guard,
+                previous,
+            },
+        ))
     }
 
     /// One token request (through the second level, if any), under the
@@ -412,11 +510,14 @@ impl CacheInner {
     /// Ends flight `id` with its result: publishes the token, or records
     /// the failure as a backoff on the current token or as a cool-down. In
     /// one critical section, so a request that rejects the new token at once
-    /// (a 401) starts a new flight instead of joining this one.
+    /// (a 401) starts a new flight instead of joining this one. A flight
+    /// that a newer one replaced (see `live_flight`) only answers its own
+    /// waiters, and publishes its token only if the cache has none usable.
     fn finish(&self, id: u64, result: Result<AccessToken, TokenError>) -> Outcome {
         let now = self.config.clock.now();
         let mut slow = self.lock_slow();
-        if slow.flight.as_ref().is_some_and(|flight| flight.id == id) {
+        let current_flight = slow.flight.as_ref().is_some_and(|flight| flight.id == id);
+        if current_flight {
             slow.flight = None;
         }
         let result = result.and_then(|token| self.deadlines(token, now));
@@ -424,20 +525,25 @@ impl CacheInner {
             Ok((token, deadlines)) => {
                 slow.counter += 1;
                 let cached = Arc::new(CachedToken {
-                    header: token.header().clone(),
                     generation: slow.counter,
                     token,
+                    arrived_at: now,
+                    replaces_rejected: slow.dropped.is_some(),
                     stale_at: deadlines.stale_at,
                     refresh_from: AtomicU64::new(deadlines.refresh_at.0),
                 });
-                self.current.store(Some(Arc::clone(&cached)));
-                slow.dropped = None;
-                slow.failure = None;
-                slow.failed_refreshes = 0;
+                if current_flight || self.usable(now).is_none() {
+                    self.current.store(Some(Arc::clone(&cached)));
+                    slow.dropped = None;
+                    slow.failure = None;
+                    slow.failed_refreshes = 0;
+                }
                 Outcome(Ok(cached))
             }
             Err(err) => {
-                self.record_failure(&mut slow, &err, now);
+                if current_flight {
+                    self.record_failure(&mut slow, &err, now);
+                }
                 Outcome(Err(err))
             }
         }
@@ -454,7 +560,7 @@ impl CacheInner {
                 current.refresh_from(self.config.clock.now());
             }
         }
-        Outcome(Err(abandoned(false)))
+        Outcome(Err(abandoned()))
     }
 
     fn record_failure(&self, slow: &mut Slow, err: &TokenError, now: Time) {
@@ -502,7 +608,7 @@ impl CacheInner {
         let settings = &self.config.settings;
         let margin = settings.safety_margin.min(token.lifetime() / 4);
         let usable = token.expires_in().saturating_sub(margin);
-        if usable.is_zero() {
+        if usable < MIN_USABLE {
             return Err(TokenError::new(TokenErrorKind::Expired)
                 .with_description("the token expires within the safety margin"));
         }
@@ -522,9 +628,10 @@ struct Deadlines {
     stale_at: Time,
 }
 
-/// Owns a flight's task: ends the flight with the fetch's result, or, should
-/// the task die first (a token source that panics, a runtime shutting down),
-/// with an error, so that nobody waits for it and the cache can fetch again.
+/// Owns a flight's task: ends the flight with the fetch's result (a token
+/// source that panics is a failure like any other, cool-down included), or,
+/// should the task be dropped first with its runtime, with a transient
+/// error, so that nobody waits for it and the cache can fetch again.
 struct FlightGuard {
     cache: Arc<CacheInner>,
     id: u64,
@@ -533,7 +640,11 @@ struct FlightGuard {
 
 impl FlightGuard {
     async fn run(mut self, previous: Option<AccessToken>) {
-        let result = self.cache.fetch(previous).await;
+        let fetch = std::panic::AssertUnwindSafe(self.cache.fetch(previous));
+        let result = fetch.catch_unwind().await.unwrap_or_else(|_| {
+            tracing::error!("the token source panicked");
+            Err(TokenError::from_source("the token source panicked", false))
+        });
         self.end(result);
     }
 
@@ -546,33 +657,20 @@ impl FlightGuard {
 
 impl Drop for FlightGuard {
     fn drop(&mut self) {
-        let Some(tx) = self.tx.take() else { return };
-        let outcome = if std::thread::panicking() {
-            // A bug in the token source: a failure like any other, cool-down
-            // included, so that the next requests do not panic it again at once.
-            tracing::error!("the token source panicked");
-            self.cache.finish(self.id, Err(abandoned(true)))
-        } else {
-            // Its runtime shut down: worth another try at once, on another.
+        if let Some(tx) = self.tx.take() {
             tracing::warn!("a token fetch was dropped with its runtime");
-            self.cache.abandon(self.id)
-        };
-        let _ = tx.send(outcome);
+            let _ = tx.send(self.cache.abandon(self.id));
+        }
     }
 }
 
-/// The error of a fetch whose task ended without an answer: a bug when the
-/// token source panicked; worth another try when its runtime shut down (a
-/// request on another runtime starts a new fetch there).
-fn abandoned(panicked: bool) -> TokenError {
-    if panicked {
-        TokenError::from_source("the token source panicked", false)
-    } else {
-        TokenError::from_source(
-            "the token fetch was dropped before it answered: the runtime it ran on shut down",
-            true,
-        )
-    }
+/// The error of a fetch dropped with its runtime before it answered: worth
+/// another try at once (a request on another runtime starts a new fetch).
+fn abandoned() -> TokenError {
+    TokenError::from_source(
+        "the token fetch was dropped before it answered: the runtime it ran on shut down",
+        true,
+    )
 }
 
 /// A number in `[0, 1)`, different on every call; enough for jitter.
@@ -585,7 +683,14 @@ pub(crate) fn random_unit() -> f64 {
 /// Waiting for a token: already decided, or a share of the flight.
 pub(crate) enum TokenWait {
     Ready(Option<Result<Arc<CachedToken>, TokenError>>),
-    Flight(Flight),
+    Flight {
+        flight: Flight,
+        /// Should the flight not answer within the fetch timeout (its task
+        /// is on a runtime nobody drives), ask the cache again: it then
+        /// starts a flight of its own.
+        patience: Pin<Box<tokio::time::Sleep>>,
+        cache: TokenCache,
+    },
 }
 
 impl TokenWait {
@@ -598,11 +703,26 @@ impl Future for TokenWait {
     type Output = Result<Arc<CachedToken>, TokenError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
-            TokenWait::Ready(result) => {
-                Poll::Ready(result.take().expect("polled after completion"))
+        let this = self.get_mut();
+        loop {
+            match this {
+                TokenWait::Ready(result) => {
+                    return Poll::Ready(result.take().expect("polled after completion"))
+                }
+                TokenWait::Flight {
+                    flight,
+                    patience,
+                    cache,
+                } => {
+                    if let Poll::Ready(outcome) = flight.poll_unpin(cx) {
+                        // The guard always answers, but a task its runtime
+                        // could not even drop would not.
+                        return Poll::Ready(outcome.map_or_else(|_| Err(abandoned()), |o| o.0));
+                    }
+                    ready!(patience.as_mut().poll(cx));
+                    *this = cache.join(false);
+                }
             }
-            TokenWait::Flight(flight) => flight.poll_unpin(cx).map(|outcome| outcome.0),
         }
     }
 }

@@ -791,17 +791,19 @@ async fn the_end_of_an_older_flight_never_erases_a_newer_one() {
     let source = ScriptedSource::tokens(Duration::from_secs(1), HOUR);
     let layer = layer(&source);
     let cache = layer.default_cache();
-    let first = cache.wait(); // starts a flight
-                              // The end of an earlier flight arrives late (its task was slower to
-                              // finish than a 401 was to start this one).
+    // Starts a flight.
+    let first = cache.wait();
+    // An earlier flight, given up as lost (see `live_flight`), ends late
+    // with a failure: it answers its own waiters and changes nothing here.
     let earlier = cache.inner.lock_slow().counter - 1;
     let _ = cache
         .inner
         .finish(earlier, Err(TokenError::new(TokenErrorKind::Server)));
-    assert!(
-        cache.inner.lock_slow().flight.is_some(),
-        "the newer flight is still recorded"
-    );
+    {
+        let slow = cache.inner.lock_slow();
+        assert!(slow.flight.is_some(), "the newer flight is still recorded");
+        assert!(slow.failure.is_none(), "and no cool-down started");
+    }
     // So the next waiter joins it instead of starting a second token request.
     let second = cache.wait();
     tokio::task::yield_now().await;
@@ -809,4 +811,157 @@ async fn the_end_of_an_older_flight_never_erases_a_newer_one() {
     let (first, second) = (first.await.unwrap(), second.await.unwrap());
     assert_eq!(first.token.secret().expose_secret(), "token1");
     assert!(Arc::ptr_eq(&first, &second));
+}
+
+#[test]
+fn a_fetch_started_on_a_runtime_that_is_shutting_down_fails_at_once_instead_of_hanging() {
+    let source = ScriptedSource::tokens(Duration::ZERO, HOUR);
+    let layer = PropelAuthLayer::token_source(source.clone())
+        .build()
+        .unwrap();
+    let cache = layer.default_cache();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let handle = runtime.handle().clone();
+    drop(runtime);
+    // A thread still in the dead runtime's context: its spawn drops the
+    // fetch task at once, on this thread.
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _in_context = handle.enter();
+        let outcome = cache.wait().now_or_never();
+        let _ = done.send(outcome);
+    });
+    let outcome = result
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the fetch answered instead of deadlocking");
+    match outcome {
+        Some(Err(err)) => assert!(err.is_transient(), "{err}"),
+        other => panic!(
+            "expected a transient error at once, got {other:?}",
+            other = other.map(|r| r.map(|_| "a token"))
+        ),
+    }
+    assert_eq!(source.calls(), 0);
+}
+
+#[test]
+fn a_flight_nobody_drives_is_replaced_once_it_is_older_than_the_fetch_timeout() {
+    let source = ScriptedSource::tokens(Duration::ZERO, HOUR);
+    let (layer, clock) = layer_with(&source, Settings::default(), false);
+    let service = layer.layer_over(Api::default());
+    // A runtime that starts the fetch and is then never driven again (a
+    // sync facade between two `block_on`s).
+    let parked = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cache = layer.default_cache();
+    let stranded = {
+        let _in_context = parked.enter();
+        cache.wait()
+    };
+    // Within the fetch timeout, other requests join it and wait.
+    let main = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    main.block_on(async {
+        let mut waiting = Box::pin(send(&service));
+        assert!(polls_pending(waiting.as_mut()).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(polls_pending(waiting.as_mut()).await, "joined the flight");
+        // Past it, the next request starts a flight of its own.
+        clock.advance(Duration::from_secs(11));
+        assert_eq!(send(&service).await.unwrap(), "Bearer token1");
+        // The waiter that joined the stranded flight gives up on it after the
+        // fetch timeout (its own runtime's timer) and finds token1.
+        assert_eq!(waiting.await.unwrap(), "Bearer token1");
+        assert_eq!(source.calls(), 1, "the stranded flight never ran");
+    });
+    drop(stranded);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_that_went_stale_while_the_inner_service_got_ready_is_not_sent() {
+    let source = ScriptedSource::tokens(Duration::from_secs(1), HOUR);
+    let (layer, clock) = layer_with(&source, Settings::default(), false);
+    let limited = tower::limit::ConcurrencyLimit::new(Api::default(), 1);
+    let service = layer.layer_over(limited.clone());
+    // The request takes the one permit, finds no token and gives it back.
+    let request = tokio::spawn({
+        let service = service.clone();
+        async move {
+            let response = service.oneshot(request()).await?;
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            Ok::<_, Error>(String::from_utf8(body.to_vec()).unwrap())
+        }
+    });
+    tokio::task::yield_now().await;
+    // Someone else holds the permit while token1 arrives and grows stale.
+    let mut holder = limited.clone();
+    ServiceExt::<Request<Full<Bytes>>>::ready(&mut holder)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(source.calls(), 1);
+    clock.advance(HOUR);
+    drop(holder);
+    assert_eq!(request.await.unwrap().unwrap(), "Bearer token2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_401_on_the_token_that_replaced_a_rejected_one_is_final_even_after_the_cooldown() {
+    let source = ScriptedSource::tokens(Duration::ZERO, HOUR);
+    let layer = layer(&source);
+    let api = Api::with_latency(Duration::from_secs(2)); // a slow query
+    let service = layer.layer_over(api.clone());
+    api.reject("Bearer token1");
+    api.reject("Bearer token2");
+    assert!(send(&service).await.unwrap_err().is_transient());
+    // The retry, carrying token2, is answered after the 1 s cool-down.
+    let second = send(&service).await.unwrap_err();
+    assert!(
+        matches!(&second, Error::Unauthorized(err) if !err.is_transient()),
+        "{second:?}"
+    );
+    assert_eq!(layer.stats().tokens_rejected, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bearer_layer_sends_its_token_whatever_parameters_a_request_carries() {
+    let token = AccessToken::new("minted-elsewhere", HOUR).unwrap();
+    let service = PropelAuthLayer::bearer(token).layer_over(Api::default());
+    assert_eq!(send(&service).await.unwrap(), "Bearer minted-elsewhere");
+    let mut tagged = request();
+    tagged.extensions_mut().insert(TokenParams::tenant("acme"));
+    let response = service.clone().oneshot(tagged).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"Bearer minted-elsewhere");
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_401s_never_show_the_token_they_carried() {
+    let source = ScriptedSource::tokens(Duration::ZERO, HOUR);
+    let layer = layer(&source);
+    // The API echoes the header it saw, after 5 ms: both requests are out
+    // with token1 before the first 401 drops it.
+    let api = Api::with_latency(Duration::from_millis(5));
+    let mut first = layer.layer_over(api.clone());
+    let mut second = first.clone();
+    send(&first).await.unwrap();
+    api.reject("Bearer token1");
+    let (a, b) = tokio::join!(
+        send_unreplayable(&mut first),
+        send_unreplayable(&mut second)
+    );
+    for err in [a.unwrap_err(), b.unwrap_err()] {
+        let Error::Unauthorized(unauthorized) = &err else {
+            panic!("expected Unauthorized, got {err:?}");
+        };
+        assert_eq!(unauthorized.message(), "Bearer [redacted]");
+    }
 }

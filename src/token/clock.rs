@@ -64,7 +64,10 @@ impl Clock {
 #[inline]
 fn wall_now() -> Time {
     let now = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
-    Time(now.tv_sec as u64 * 1000 + now.tv_nsec as u64 / 1_000_000)
+    // A clock set before 1970 reads as 1970: every deadline is then due.
+    let secs = u64::try_from(now.tv_sec).unwrap_or(0);
+    let millis = u64::try_from(now.tv_nsec).unwrap_or(0) / 1_000_000;
+    Time(secs.saturating_mul(1000).saturating_add(millis))
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]

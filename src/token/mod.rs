@@ -28,10 +28,11 @@ use crate::error::TokenError;
 /// Anything that can mint a fresh access token: the object-safe trait behind
 /// the token flow.
 ///
-/// The layer's cache calls it from a task of its own, at most once at a time
-/// per set of [`TokenParams`], under the fetch timeout, only when it has no
-/// usable token or the current one is due for refresh; it never needs to
-/// cache or deduplicate by itself.
+/// The layer's cache calls it from a task of its own, once at a time per set
+/// of [`TokenParams`] (a call left running past the fetch timeout on a
+/// runtime nobody drives is given up, and may overlap the next), under the
+/// fetch timeout, only when it has no usable token or the current one is due
+/// for refresh; it never needs to cache or deduplicate by itself.
 ///
 /// ```
 /// use futures_util::future::BoxFuture;

@@ -55,8 +55,8 @@ pub struct Settings {
     /// The longest wait between background refresh tries. Default 30 s.
     pub backoff_max: Duration,
     /// The most parameter sets ([`TokenParams`](crate::TokenParams)) with a
-    /// token cache of their own at once; past it, the least recently used one
-    /// is dropped. Default 4096.
+    /// token cache of their own at once; past it, one is dropped (one-off
+    /// sets before those in use: CLOCK-Pro). Default 4096.
     pub max_token_sets: usize,
 }
 

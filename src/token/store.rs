@@ -44,9 +44,10 @@ impl TokenStore {
     }
 
     /// The cache of a request's own parameters, made on first use; `None`
-    /// when they are the layer's defaults.
+    /// when they are the layer's defaults, or when the layer's one token
+    /// cannot be renewed (a bearer token: parameters cannot change it).
     pub(crate) fn keyed(&self, params: &TokenParams) -> Option<TokenCache> {
-        if *params == self.default_params {
+        if *params == self.default_params || !self.config.renewable {
             return None;
         }
         let made = self.keyed.get_or_insert_with(params, || {
