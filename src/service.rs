@@ -66,8 +66,6 @@ enum Attach {
 struct DefaultToken {
     cache: TokenCache,
     current: arc_swap::Cache<Current, Option<Arc<CachedToken>>>,
-    /// Whether the layer replays requests after a 401.
-    replay: bool,
 }
 
 /// Lets arc-swap's `Cache` reach the default cache's token.
@@ -102,14 +100,9 @@ impl<S> PropelAuth<S> {
             Auth::Token(store) => {
                 let cache = store.default_cache().clone();
                 let current = arc_swap::Cache::new(Current(cache.clone()));
-                let replay = cache.config().replay;
                 Attach::Token {
                     store: Arc::clone(store),
-                    default: DefaultToken {
-                        cache,
-                        current,
-                        replay,
-                    },
+                    default: DefaultToken { cache, current },
                 }
             }
         };
@@ -187,7 +180,9 @@ impl<S> PropelAuth<S> {
                 match cached {
                     Some((header, generation)) => {
                         // A replaying layer keeps a copy, which needs the cache at hand.
-                        let keyed = keyed.or_else(|| default.replay.then(|| default.cache.clone()));
+                        let keyed = keyed.or_else(|| {
+                            default.cache.config().replay.then(|| default.cache.clone())
+                        });
                         (header, Sent::token(layer, keyed, generation))
                     }
                     None if request.headers_mut().contains_key(AUTHORIZATION) => {

@@ -107,14 +107,11 @@ impl Inner {
         let Some(owner) = lock_owner() else {
             return self.fall_back(source, params).await;
         };
-        match self.try_lock(&names, &owner).await {
-            Ok(true) => {
-                return self
-                    .fetch_locked(source, params, &names, &owner, previous)
-                    .await
-            }
-            Ok(false) => {}
-            Err(StoreFailed) => return self.fall_back(source, params).await,
+        if let Some(answer) = self
+            .fetch_if_free(source, params, &names, &owner, previous)
+            .await
+        {
+            return answer;
         }
         // (3) Another process is fetching it: wait for its token, or for the
         // lock to come free without one (that process failed or died).
@@ -131,14 +128,11 @@ impl Inner {
                 Ok(None) => {}
                 Err(StoreFailed) => return self.fall_back(source, params).await,
             }
-            match self.try_lock(&names, &owner).await {
-                Ok(true) => {
-                    return self
-                        .fetch_locked(source, params, &names, &owner, previous)
-                        .await
-                }
-                Ok(false) => {}
-                Err(StoreFailed) => return self.fall_back(source, params).await,
+            if let Some(answer) = self
+                .fetch_if_free(source, params, &names, &owner, previous)
+                .await
+            {
+                return answer;
             }
         }
         tracing::warn!(
@@ -146,6 +140,26 @@ impl Inner {
             "no token from the process holding the shared cache's lock; fetching our own"
         );
         self.fall_back(source, params).await
+    }
+
+    /// Takes the lock and fetches when it is free; `None` when another
+    /// process holds it. A store that fails means fetching our own.
+    async fn fetch_if_free(
+        &self,
+        source: &dyn TokenSource,
+        params: &TokenParams,
+        names: &EntryNames,
+        owner: &str,
+        previous: Option<&str>,
+    ) -> Option<Result<AccessToken, TokenError>> {
+        match self.try_lock(names, owner).await {
+            Ok(true) => Some(
+                self.fetch_locked(source, params, names, owner, previous)
+                    .await,
+            ),
+            Ok(false) => None,
+            Err(StoreFailed) => Some(self.fall_back(source, params).await),
+        }
     }
 
     /// With the lock held: reads once more (the holder before us may have

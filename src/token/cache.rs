@@ -25,7 +25,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use arc_swap::ArcSwapOption;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
@@ -152,6 +152,10 @@ struct InFlight {
     id: u64,
     started: Time,
     outcome: Flight,
+    /// Told when a newer flight replaces this one (see `live_flight`), so
+    /// that its waiters join that one.
+    superseded: oneshot::Sender<()>,
+    superseded_rx: Shared<oneshot::Receiver<()>>,
 }
 
 pub(crate) type Flight = Shared<oneshot::Receiver<Outcome>>;
@@ -261,8 +265,8 @@ impl TokenCache {
         if let Some(token) = inner.usable(now) {
             return TokenWait::ready(Ok(token));
         }
-        let flight = match inner.live_flight(&slow, now) {
-            Some(flight) => flight.outcome.clone(),
+        let (flight, superseded) = match inner.live_flight(&slow, now) {
+            Some(flight) => (flight.outcome.clone(), flight.superseded_rx.clone()),
             None => {
                 if let (Some(until), Some(failure)) = (slow.cooldown_until, &slow.failure) {
                     if now < until {
@@ -270,10 +274,12 @@ impl TokenCache {
                     }
                 }
                 match inner.start_flight(&mut slow, now) {
-                    Ok((flight, spawn)) => {
+                    Ok(spawn) => {
+                        let flight = slow.flight.as_ref().expect("just recorded");
+                        let joined = (flight.outcome.clone(), flight.superseded_rx.clone());
                         drop(slow);
                         spawn.spawn();
-                        flight
+                        joined
                     }
                     Err(err) => return TokenWait::ready(Err(err)),
                 }
@@ -282,10 +288,9 @@ impl TokenCache {
         if count {
             Counters::bump(&inner.config.counters.waited_for_token);
         }
-        let patience = inner.config.settings.fetch_timeout + Duration::from_millis(100);
         TokenWait::Flight {
             flight,
-            patience: Box::pin(tokio::time::sleep(patience)),
+            superseded: Some(superseded),
             cache: self.clone(),
         }
     }
@@ -354,7 +359,7 @@ impl TokenCache {
         // Fetch the next token now, so the retry finds it on its way.
         if inner.live_flight(&slow, now).is_none() {
             match inner.start_flight(&mut slow, now) {
-                Ok((_, spawn)) => {
+                Ok(spawn) => {
                     drop(slow);
                     spawn.spawn();
                 }
@@ -401,7 +406,7 @@ impl CacheInner {
         }
         tracing::debug!("access token due for refresh; fetching the next one in the background");
         match self.start_flight(&mut slow, now) {
-            Ok((_, spawn)) => {
+            Ok(spawn) => {
                 token.refresh_from(Time::NEVER);
                 drop(slow);
                 spawn.spawn();
@@ -417,8 +422,10 @@ impl CacheInner {
     /// The flight in progress, unless it started longer than the fetch
     /// timeout ago: a flight that old is lost (its runtime is not being
     /// driven, or the host slept), and waiting on it would only end in its
-    /// timeout. A new flight then replaces it, the one case where two token
-    /// requests of one cache may overlap, briefly.
+    /// timeout. The next reader's flight replaces it and its waiters move to
+    /// that one; the one case where two token requests of one cache may
+    /// overlap, briefly. Like every deadline here, the age is checked on
+    /// read: nothing sleeps until it.
     fn live_flight<'s>(&self, slow: &'s Slow, now: Time) -> Option<&'s InFlight> {
         let timeout = self.config.settings.fetch_timeout;
         slow.flight
@@ -428,11 +435,7 @@ impl CacheInner {
 
     /// Records a new flight; the caller spawns its task once the lock is
     /// released.
-    fn start_flight(
-        self: &Arc<Self>,
-        slow: &mut Slow,
-        now: Time,
-    ) -> Result<(Flight, Spawn), TokenError> {
+    fn start_flight(self: &Arc<Self>, slow: &mut Slow, now: Time) -> Result<Spawn, TokenError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             TokenError::from_source(
                 "a token fetch needs a tokio runtime (with its timer enabled), and none is running on this thread",
@@ -447,25 +450,28 @@ impl CacheInner {
             .load_full()
             .or_else(|| slow.dropped.clone())
             .map(|token| token.token.clone());
-        let outcome = rx.shared();
-        slow.flight = Some(InFlight {
+        let (superseded, superseded_rx) = oneshot::channel();
+        let lost = slow.flight.replace(InFlight {
             id,
             started: now,
-            outcome: outcome.clone(),
+            outcome: rx.shared(),
+            superseded,
+            superseded_rx: superseded_rx.shared(),
         });
+        if let Some(lost) = lost {
+            // Its waiters move on to this one.
+            let _ = lost.superseded.send(());
+        }
         let guard = FlightGuard {
             cache: Arc::clone(self),
             id,
             tx: Some(tx),
         };
-        Ok((
-            outcome,
-            Spawn {
-                runtime,
-                guard,
-                previous,
-            },
-        ))
+        Ok(Spawn {
+            runtime,
+            guard,
+            previous,
+        })
     }
 
     /// One token request (through the second level, if any), under the
@@ -685,10 +691,10 @@ pub(crate) enum TokenWait {
     Ready(Option<Result<Arc<CachedToken>, TokenError>>),
     Flight {
         flight: Flight,
-        /// Should the flight not answer within the fetch timeout (its task
-        /// is on a runtime nobody drives), ask the cache again: it then
-        /// starts a flight of its own.
-        patience: Pin<Box<tokio::time::Sleep>>,
+        /// Resolves when a newer flight replaced this one (it was lost: its
+        /// task is on a runtime nobody drives): ask the cache again.
+        /// `None` once the flight ended without being replaced.
+        superseded: Option<Shared<oneshot::Receiver<()>>>,
         cache: TokenCache,
     },
 }
@@ -711,7 +717,7 @@ impl Future for TokenWait {
                 }
                 TokenWait::Flight {
                     flight,
-                    patience,
+                    superseded,
                     cache,
                 } => {
                     if let Poll::Ready(outcome) = flight.poll_unpin(cx) {
@@ -719,8 +725,16 @@ impl Future for TokenWait {
                         // could not even drop would not.
                         return Poll::Ready(outcome.map_or_else(|_| Err(abandoned()), |o| o.0));
                     }
-                    ready!(patience.as_mut().poll(cx));
-                    *this = cache.join(false);
+                    // A flight that ended drops its sender: only a send
+                    // means another flight took over.
+                    match superseded.as_mut().map(|s| s.poll_unpin(cx)) {
+                        Some(Poll::Ready(Ok(()))) => *this = cache.join(false),
+                        Some(Poll::Ready(Err(_))) => {
+                            *superseded = None;
+                            return Poll::Pending;
+                        }
+                        _ => return Poll::Pending,
+                    }
                 }
             }
         }

@@ -3,12 +3,10 @@
 //! moved by hand, with no task running).
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
 use futures_util::FutureExt as _;
 use http::Request;
 use http_body_util::{BodyExt as _, Full};
@@ -23,7 +21,6 @@ use crate::token::test_source::{
 };
 use crate::{
     AccessToken, Error, PropelAuthLayer, Settings, TokenError, TokenErrorKind, TokenParams,
-    TokenSource,
 };
 
 #[tokio::test(start_paused = true)]
@@ -645,82 +642,6 @@ async fn a_403_body_that_stalls_cannot_hang_the_request() {
     assert_eq!(started.elapsed(), crate::error_body::ERROR_BODY_TIMEOUT);
 }
 
-/// A source that counts how many of its fetches run at once, and the most
-/// ever; each fetch takes a little real time (200 µs).
-#[derive(Clone, Default)]
-struct Overlaps {
-    running: Arc<AtomicUsize>,
-    most: Arc<AtomicUsize>,
-    calls: Arc<AtomicUsize>,
-}
-
-impl TokenSource for Overlaps {
-    fn fetch_token(&self, _: &TokenParams) -> BoxFuture<'static, Result<AccessToken, TokenError>> {
-        let this = self.clone();
-        Box::pin(async move {
-            let n = this.calls.fetch_add(1, Ordering::SeqCst) + 1;
-            let running = this.running.fetch_add(1, Ordering::SeqCst) + 1;
-            this.most.fetch_max(running, Ordering::SeqCst);
-            // Long enough for a second flight, if one started, to overlap.
-            tokio::time::sleep(Duration::from_micros(200)).await;
-            this.running.fetch_sub(1, Ordering::SeqCst);
-            AccessToken::new(format!("token{n}"), HOUR)
-        })
-    }
-}
-
-#[test]
-fn under_a_storm_of_401s_token_requests_never_overlap() {
-    // Two workers: requests on one, the fetch task on the other. Every
-    // token is rejected the moment it is used, so a new flight starts right
-    // after each publish, while the task that published may still be ending
-    // its own flight.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let source = Overlaps::default();
-    let settings = Settings {
-        cooldown: Duration::ZERO,
-        ..Settings::default()
-    };
-    let layer = PropelAuthLayer::token_source(source.clone())
-        .settings(settings)
-        .build()
-        .unwrap();
-    let api = tower::service_fn(|request: Request<Full<Bytes>>| async move {
-        let rejected = request.headers().contains_key(http::header::AUTHORIZATION);
-        let mut response = http::Response::new(Full::new(Bytes::new()));
-        if rejected {
-            *response.status_mut() = http::StatusCode::UNAUTHORIZED;
-        }
-        Ok::<_, Infallible>(response)
-    });
-    let service = layer.layer_over(api);
-    runtime.block_on(async {
-        let tasks: Vec<_> = (0..4)
-            .map(|_| {
-                let service = service.clone();
-                tokio::spawn(async move {
-                    for _ in 0..500 {
-                        let _ = service.clone().oneshot(request()).await;
-                    }
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await.unwrap();
-        }
-    });
-    assert!(source.calls.load(Ordering::SeqCst) > 10);
-    assert_eq!(
-        source.most.load(Ordering::SeqCst),
-        1,
-        "two token requests overlapped"
-    );
-}
-
 #[test]
 fn a_refresh_dropped_with_its_runtime_is_tried_again_by_the_next_reader() {
     let source = ScriptedSource::new(Duration::ZERO, Step::Token(HOUR))
@@ -731,6 +652,7 @@ fn a_refresh_dropped_with_its_runtime_is_tried_again_by_the_next_reader() {
     let runtime = || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .start_paused(true)
             .build()
             .unwrap()
     };
@@ -877,8 +799,8 @@ fn a_flight_nobody_drives_is_replaced_once_it_is_older_than_the_fetch_timeout() 
         // Past it, the next request starts a flight of its own.
         clock.advance(Duration::from_secs(11));
         assert_eq!(send(&service).await.unwrap(), "Bearer token1");
-        // The waiter that joined the stranded flight gives up on it after the
-        // fetch timeout (its own runtime's timer) and finds token1.
+        // The waiter that joined the stranded flight was told when the new
+        // one replaced it, joined that one, and finds token1.
         assert_eq!(waiting.await.unwrap(), "Bearer token1");
         assert_eq!(source.calls(), 1, "the stranded flight never ran");
     });
