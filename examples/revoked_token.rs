@@ -7,10 +7,9 @@
 //! Who sends the request again?
 //!
 //! 1. The recommended stack: `retry(TransientErrors)` outside the auth layer
-//!    sends the copy it already holds, at once. The auth layer copies nothing.
-//! 2. No retry layer, `.retry_unauthorized(true)`: the auth layer keeps a
-//!    copy of every request and sends it once more itself.
-//! 3. No retry layer and the defaults: the caller gets the error.
+//!    sends the copy it already holds, at once. The auth layer copies nothing
+//!    and has no retry of its own.
+//! 2. No retry layer: the caller gets the error, and may send it again.
 //!
 //! FakePropel only (revoking tokens is one of its knobs), whatever the
 //! environment says.
@@ -43,15 +42,7 @@ async fn run() -> Result<(), BoxError> {
     let status = revoke_then_query(&target, client, &auth).await?;
     println!("   → {status}: the retry layer sent its copy with the fresh token");
 
-    println!("\n2. PropelAuthLayer with .retry_unauthorized(true) → reqwest");
-    let auth = target
-        .client_credentials()
-        .retry_unauthorized(true)
-        .build()?;
-    let status = revoke_then_query(&target, auth.layer(reqwest::Client::new()), &auth).await?;
-    println!("   → {status}: the auth layer sent its own copy with the fresh token");
-
-    println!("\n3. PropelAuthLayer → reqwest, the defaults");
+    println!("\n2. PropelAuthLayer → reqwest, no retry layer");
     let auth = target.client_credentials().build()?;
     let client = auth.layer(reqwest::Client::new());
     let err = revoke_then_query(&target, client.clone(), &auth)
@@ -90,11 +81,11 @@ where
     let result = query().await.map_err(Into::into);
     let (after, fake_after) = (auth.stats(), fake.stats());
     println!(
-        "   401s from Propel: {}; token requests: {} → {}; replays by the auth layer: {}",
+        "   401s from Propel: {}; tokens dropped: {}; token requests: {} → {}",
         fake_after.api_invalid_credentials - fake_before.api_invalid_credentials,
+        after.tokens_rejected - before.tokens_rejected,
         before.token_requests,
         after.token_requests,
-        after.unauthorized_retries - before.unauthorized_retries,
     );
     Ok(result?.status())
 }

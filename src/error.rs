@@ -205,40 +205,72 @@ impl std::error::Error for Forbidden {}
 /// cached one), so the next attempt carries a fresh one:
 /// [`is_transient`](Self::is_transient) says whether one may cure it, and
 /// [`retry::TransientErrors`](crate::retry::TransientErrors) sends the
-/// request once more. With Basic credentials there is nothing to refresh.
+/// request once more. With Basic credentials or a bearer token there is
+/// nothing to refresh: it is final at once.
 #[derive(Debug)]
 pub struct Unauthorized {
+    reason: UnauthorizedReason,
     message: String,
-    retried: bool,
-    basic: bool,
-    transient: bool,
+}
+
+/// What Propel rejected, and what that means for the next attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UnauthorizedReason {
+    /// The Application ID and secret (Basic): final.
+    ApplicationCredentials,
+    /// A token minted elsewhere, which cannot be renewed: final.
+    GivenToken,
+    /// A token that was dropped (or already replaced): the next attempt
+    /// carries another.
+    Curable,
+    /// A token fetched to replace one a 401 rejected moments before: final.
+    FreshTokenRejected,
+    /// A token kept because another 401 dropped one less than a cool-down
+    /// ago, so that a server rejecting every token cannot cause a refresh
+    /// storm: final.
+    Throttled,
+}
+
+impl UnauthorizedReason {
+    /// (`Display`, hint)
+    fn text(self) -> (&'static str, &'static str) {
+        match self {
+            Self::ApplicationCredentials => (
+                "unauthorized: Propel rejected the Application ID and secret",
+                "check that the Application exists in this account and that its secret is current",
+            ),
+            Self::GivenToken => (
+                "unauthorized: Propel rejected the access token",
+                "the token may have been revoked or its Application deleted; get a new one where this one came from",
+            ),
+            Self::Curable => (
+                "unauthorized: Propel rejected the access token",
+                "send the request again: the next attempt carries a fresh token (retry::TransientErrors does)",
+            ),
+            Self::FreshTokenRejected => (
+                "unauthorized: Propel rejected a freshly minted access token too",
+                "the token may have been revoked or its Application deleted; check the Application in the Propel Console",
+            ),
+            Self::Throttled => (
+                "unauthorized: Propel rejected another access token within the cool-down",
+                "Propel is rejecting every token; check the Application in the Propel Console",
+            ),
+        }
+    }
 }
 
 impl Unauthorized {
-    pub(crate) fn new(message: String, retried: bool, basic: bool, transient: bool) -> Self {
-        Self {
-            message,
-            retried,
-            basic,
-            transient,
-        }
-    }
-
-    /// Whether the layer itself had already sent the request a second time
-    /// with a fresh token
-    /// ([`retry_unauthorized`](crate::TokenLayerBuilder::retry_unauthorized)).
-    pub fn retried(&self) -> bool {
-        self.retried
+    pub(crate) fn new(reason: UnauthorizedReason, message: String) -> Self {
+        Self { reason, message }
     }
 
     /// Whether sending the request again may succeed: the rejected token was
     /// dropped (or already replaced), so the next attempt carries another.
-    /// False with Basic credentials, for a bearer token, after the layer's
-    /// own second attempt, and for a 401 less than a cool-down after another
-    /// dropped a token (so that a server rejecting every token cannot cause a
-    /// refresh storm).
+    /// False with Basic credentials, for a bearer token, for a 401 on a token
+    /// fetched to replace a rejected one, and for a 401 less than a
+    /// cool-down after another dropped a token.
     pub fn is_transient(&self) -> bool {
-        self.transient
+        self.reason == UnauthorizedReason::Curable
     }
 
     /// The server's message, redacted and short; empty when there was none.
@@ -248,25 +280,13 @@ impl Unauthorized {
 
     /// What to check.
     pub fn hint(&self) -> &'static str {
-        if self.basic {
-            "check that the Application exists in this account and that its secret is current"
-        } else if self.transient {
-            "send the request again: the next attempt carries a fresh token (retry::TransientErrors does)"
-        } else {
-            "the token may have been revoked or its Application deleted; check where the token comes from"
-        }
+        self.reason.text().1
     }
 }
 
 impl fmt::Display for Unauthorized {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.basic {
-            "unauthorized: Propel rejected the Application ID and secret"
-        } else if self.retried {
-            "unauthorized: Propel rejected a freshly minted access token too"
-        } else {
-            "unauthorized: Propel rejected the access token"
-        })?;
+        f.write_str(self.reason.text().0)?;
         if !self.message.is_empty() {
             write!(f, " (Propel: {})", self.message)?;
         }
@@ -381,11 +401,12 @@ impl fmt::Display for TokenRequestField {
 /// All the requests that waited on one failed token request receive the same
 /// error (it is shared, not copied).
 pub struct TokenError {
-    inner: Arc<TokenErrorInner>,
+    inner: Arc<TokenErrorDetails>,
 }
 
+/// A [`TokenError`] being built, by value; shared once complete.
 #[derive(Debug)]
-struct TokenErrorInner {
+pub(crate) struct TokenErrorDetails {
     kind: TokenErrorKind,
     status: Option<StatusCode>,
     oauth_error: Option<String>,
@@ -396,67 +417,165 @@ struct TokenErrorInner {
     transient_source: bool,
 }
 
-impl TokenError {
+impl TokenErrorDetails {
     pub(crate) fn new(kind: TokenErrorKind) -> Self {
         Self {
-            inner: Arc::new(TokenErrorInner {
-                kind,
-                status: None,
-                oauth_error: None,
-                description: None,
-                retry_after: None,
-                source: None,
-                transient_source: false,
-            }),
+            kind,
+            status: None,
+            oauth_error: None,
+            description: None,
+            retry_after: None,
+            source: None,
+            transient_source: false,
         }
     }
 
-    /// An error from a custom [`TokenSource`](crate::TokenSource).
-    ///
-    /// `transient` says whether trying again later may help (it decides
-    /// [`is_transient`](Self::is_transient) and so background retries).
-    /// Keep secrets out of `source`: it is shown by `Display` chains.
-    pub fn from_source(source: impl Into<BoxError>, transient: bool) -> Self {
-        let mut err = Self::new(TokenErrorKind::Source).with_cause(source);
-        err.edit().transient_source = transient;
-        err
-    }
-
-    pub(crate) fn invalid_response(what: impl Into<String>) -> Self {
-        Self::new(TokenErrorKind::InvalidResponse).with_description(what)
-    }
-
     /// The Token API's status.
-    pub(crate) fn with_status(mut self, status: StatusCode) -> Self {
-        self.edit().status = Some(status);
-        self
+    pub(crate) fn with_status(self, status: StatusCode) -> Self {
+        Self {
+            status: Some(status),
+            ..self
+        }
     }
 
     /// The RFC 6749 `error` code.
-    pub(crate) fn with_oauth_error(mut self, code: Option<String>) -> Self {
-        self.edit().oauth_error = code;
-        self
+    pub(crate) fn with_oauth_error(self, oauth_error: Option<String>) -> Self {
+        Self {
+            oauth_error,
+            ..self
+        }
     }
 
     /// What went wrong in words: an `error_description`, an excerpt of the
     /// body (redacted), or ours.
-    pub(crate) fn with_description(mut self, description: impl Into<String>) -> Self {
-        self.edit().description = Some(description.into());
-        self
+    pub(crate) fn with_description(self, description: impl Into<String>) -> Self {
+        Self {
+            description: Some(description.into()),
+            ..self
+        }
     }
 
-    pub(crate) fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
-        self.edit().retry_after = retry_after;
-        self
+    pub(crate) fn with_retry_after(self, retry_after: Option<Duration>) -> Self {
+        Self {
+            retry_after,
+            ..self
+        }
     }
 
-    pub(crate) fn with_cause(mut self, cause: impl Into<BoxError>) -> Self {
-        self.edit().source = Some(cause.into());
-        self
+    pub(crate) fn with_cause(self, cause: impl Into<BoxError>) -> Self {
+        Self {
+            source: Some(cause.into()),
+            ..self
+        }
+    }
+}
+
+impl From<TokenErrorDetails> for TokenError {
+    fn from(details: TokenErrorDetails) -> Self {
+        Self {
+            inner: Arc::new(details),
+        }
+    }
+}
+
+/// What a [`TokenErrorKind`] says, what to do about it, and whether waiting
+/// may help: one row per kind.
+struct KindText {
+    says: &'static str,
+    hint: &'static str,
+    transient: bool,
+}
+
+impl TokenErrorKind {
+    fn text(self) -> KindText {
+        let row = |says, hint, transient| KindText {
+            says,
+            hint,
+            transient,
+        };
+        const UNAVAILABLE: &str = "the Token API is unavailable; try again after the cool-down (retry::TransientErrors does)";
+        const UNREACHABLE: &str = "check the network path to the Token API; try again after the cool-down (retry::TransientErrors does)";
+        match self {
+            Self::InvalidClient => row(
+                "the Token API rejected the client credentials",
+                "check the Application ID (the Application must exist in this account) and confirm its secret",
+                false,
+            ),
+            Self::InvalidRequest => row(
+                "the Token API rejected the request",
+                "check grant_type=client_credentials, the Application ID and its secret",
+                false,
+            ),
+            Self::UnsupportedGrantType => row(
+                "the Token API does not support the grant type",
+                "send grant_type=client_credentials",
+                false,
+            ),
+            Self::InvalidScope => row(
+                "the Token API rejected the requested scopes",
+                "request only scopes the Application has",
+                false,
+            ),
+            Self::UnauthorizedClient => row(
+                "the Application may not use this grant",
+                "check that the Application may use the client-credentials grant",
+                false,
+            ),
+            Self::Rejected => row(
+                "the Token API rejected the request",
+                "check the token URL, the Application ID and its secret",
+                false,
+            ),
+            Self::RateLimited => row("the Token API is rate limiting", UNAVAILABLE, true),
+            Self::Server => row("the Token API failed", UNAVAILABLE, true),
+            Self::Timeout => row("the Token API did not answer in time", UNREACHABLE, true),
+            Self::Transport => row("the Token API could not be reached", UNREACHABLE, true),
+            Self::InvalidResponse => row(
+                "the Token API's answer is not a usable token",
+                "check that the token URL points at Propel's Token API",
+                false,
+            ),
+            Self::Expired => row(
+                "the access token has expired and cannot be renewed",
+                "mint a new token and build a new layer with it",
+                false,
+            ),
+            // Transient when the source says so.
+            Self::Source => row("the token source failed", "see the token source's error", false),
+        }
+    }
+}
+
+impl TokenError {
+    pub(crate) fn new(kind: TokenErrorKind) -> Self {
+        TokenErrorDetails::new(kind).into()
     }
 
-    fn edit(&mut self) -> &mut TokenErrorInner {
-        Arc::get_mut(&mut self.inner).expect("an error is completed before it is shared")
+    /// An error from a custom [`TokenSource`](crate::TokenSource) that
+    /// trying again will not cure (a configuration problem, a bug). Keep
+    /// secrets out of `source`: it is shown by `Display` chains.
+    pub fn permanent(source: impl Into<BoxError>) -> Self {
+        TokenErrorDetails::new(TokenErrorKind::Source)
+            .with_cause(source)
+            .into()
+    }
+
+    /// An error from a custom [`TokenSource`](crate::TokenSource) that may
+    /// pass (an outage, a timeout): [`is_transient`](Self::is_transient),
+    /// so background refreshes retry it with backoff. Keep secrets out of
+    /// `source`: it is shown by `Display` chains.
+    pub fn transient(source: impl Into<BoxError>) -> Self {
+        TokenErrorDetails {
+            transient_source: true,
+            ..TokenErrorDetails::new(TokenErrorKind::Source).with_cause(source)
+        }
+        .into()
+    }
+
+    pub(crate) fn invalid_response(what: impl Into<String>) -> Self {
+        TokenErrorDetails::new(TokenErrorKind::InvalidResponse)
+            .with_description(what)
+            .into()
     }
 
     /// A second handle on the same error, for another waiter.
@@ -467,7 +586,8 @@ impl TokenError {
     }
 
     /// Whether two handles are the same error (waiters of one fetch share it).
-    pub fn same_as(&self, other: &TokenError) -> bool {
+    #[cfg(test)]
+    pub(crate) fn same_as(&self, other: &TokenError) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
     }
 
@@ -502,52 +622,29 @@ impl TokenError {
     }
 
     /// Whether a later attempt may succeed: 429, 5xx, timeouts, transport
-    /// errors, and a custom source's errors it marked transient. Any other
-    /// 4xx is a configuration problem and is never retried.
+    /// errors, and a custom source's errors made with
+    /// [`TokenError::transient`]. Any other 4xx is a configuration problem
+    /// and is never retried.
     pub fn is_transient(&self) -> bool {
-        match self.inner.kind {
-            TokenErrorKind::RateLimited
-            | TokenErrorKind::Server
-            | TokenErrorKind::Timeout
-            | TokenErrorKind::Transport => true,
-            TokenErrorKind::Source => self.inner.transient_source,
-            _ => false,
-        }
+        self.inner.kind.text().transient || self.inner.transient_source
     }
 
-    /// The fix Propel's docs suggest.
+    /// The fix Propel's docs suggest: for the field the answer points at,
+    /// else for the kind of error.
     pub fn hint(&self) -> &'static str {
-        match (self.inner.kind, self.field()) {
-            (_, Some(TokenRequestField::GrantType)) | (TokenErrorKind::UnsupportedGrantType, _) => {
-                "send grant_type=client_credentials"
-            }
-            (_, Some(TokenRequestField::ClientId)) => {
+        match self.field() {
+            Some(TokenRequestField::GrantType) => "send grant_type=client_credentials",
+            Some(TokenRequestField::ClientId) => {
                 "check the Application ID: the Application must exist in this account"
             }
-            (_, Some(TokenRequestField::ClientSecret)) => {
+            Some(TokenRequestField::ClientSecret) => {
                 "check the Application secret: confirm it is current in the Propel Console"
             }
-            (TokenErrorKind::InvalidClient, _) => "check the Application ID (the Application must exist in this account) and confirm its secret",
-            (_, Some(TokenRequestField::Scope)) | (TokenErrorKind::InvalidScope, _) => {
-                "request only scopes the Application has"
-            }
-            (_, Some(TokenRequestField::PolicyValues)) => {
+            Some(TokenRequestField::Scope) => "request only scopes the Application has",
+            Some(TokenRequestField::PolicyValues) => {
                 "send policy_values as a JSON object, e.g. {\"tenant_id\":\"123\"}"
             }
-            (TokenErrorKind::InvalidRequest, _) => "check grant_type=client_credentials, the Application ID and its secret",
-            (TokenErrorKind::UnauthorizedClient, _) => {
-                "check that the Application may use the client-credentials grant"
-            }
-            (TokenErrorKind::Rejected, _) => "check the token URL, the Application ID and its secret",
-            (TokenErrorKind::RateLimited, _) | (TokenErrorKind::Server, _) => {
-                "the Token API is unavailable; try again after the cool-down (retry::TransientErrors does)"
-            }
-            (TokenErrorKind::Timeout, _) | (TokenErrorKind::Transport, _) => {
-                "check the network path to the Token API; try again after the cool-down (retry::TransientErrors does)"
-            }
-            (TokenErrorKind::InvalidResponse, _) => "check that the token URL points at Propel's Token API",
-            (TokenErrorKind::Expired, _) => "mint a new token and build a new layer with it",
-            (TokenErrorKind::Source, _) => "see the token source's error",
+            None => self.inner.kind.text().hint,
         }
     }
 }
@@ -589,7 +686,7 @@ fn guess_field(kind: TokenErrorKind, description: Option<&str>) -> Option<TokenR
 
 impl fmt::Debug for TokenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Everything in here is already redacted; forward to the inner record.
+        // Everything in here is already redacted; forward to the details.
         fmt::Debug::fmt(&self.inner, f)
     }
 }
@@ -598,21 +695,7 @@ impl fmt::Display for TokenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let inner = &self.inner;
         f.write_str("could not get a Propel access token: ")?;
-        f.write_str(match inner.kind {
-            TokenErrorKind::InvalidClient => "the Token API rejected the client credentials",
-            TokenErrorKind::InvalidRequest => "the Token API rejected the request",
-            TokenErrorKind::UnsupportedGrantType => "the Token API does not support the grant type",
-            TokenErrorKind::InvalidScope => "the Token API rejected the requested scopes",
-            TokenErrorKind::UnauthorizedClient => "the Application may not use this grant",
-            TokenErrorKind::Rejected => "the Token API rejected the request",
-            TokenErrorKind::RateLimited => "the Token API is rate limiting",
-            TokenErrorKind::Server => "the Token API failed",
-            TokenErrorKind::Timeout => "the Token API did not answer in time",
-            TokenErrorKind::Transport => "the Token API could not be reached",
-            TokenErrorKind::InvalidResponse => "the Token API's answer is not a usable token",
-            TokenErrorKind::Expired => "the access token has expired and cannot be renewed",
-            TokenErrorKind::Source => "the token source failed",
-        })?;
+        f.write_str(inner.kind.text().says)?;
         if let Some(status) = inner.status {
             write!(f, " (HTTP {}", status.as_u16())?;
             if let Some(code) = &inner.oauth_error {
@@ -713,10 +796,11 @@ mod tests {
     }
 
     fn invalid_client(description: &str) -> TokenError {
-        TokenError::new(TokenErrorKind::InvalidClient)
+        TokenErrorDetails::new(TokenErrorKind::InvalidClient)
             .with_status(StatusCode::BAD_REQUEST)
             .with_oauth_error(Some("invalid_client".into()))
             .with_description(description)
+            .into()
     }
 
     #[test]
@@ -739,7 +823,10 @@ mod tests {
                 ForbiddenReason::MissingScope(Scope::DataPoolQuery),
                 "x".into(),
             )),
-            Box::new(Unauthorized::new(String::new(), true, false, false)),
+            Box::new(Unauthorized::new(
+                UnauthorizedReason::FreshTokenRejected,
+                String::new(),
+            )),
             Box::new(TokenError::new(TokenErrorKind::Server)),
             Box::new(InsecureTransport::new("http://example.com".into())),
             Box::new(ConfigError::empty("the Application ID")),

@@ -5,19 +5,17 @@
 use std::fmt;
 use std::sync::Arc;
 
-use http::HeaderValue;
 use secrecy::SecretString;
 use tower::Layer;
 
 use crate::error::{ConfigError, TokenError};
 use crate::origin::AllowedOrigins;
-use crate::registry::{self, LayerId};
 use crate::stats::{Counters, Stats};
-use crate::token::cache::CacheConfig;
+use crate::token::cache::{CacheConfig, Supply};
 use crate::token::client_credentials::{ClientAuth, ClientCredentials, DEFAULT_TOKEN_URL};
 use crate::token::clock::Clock;
 use crate::token::store::TokenStore;
-use crate::token::{FixedToken, TokenHttpClient};
+use crate::token::TokenHttpClient;
 use crate::{AccessToken, Credentials, PropelAuth, Settings, TokenParams, TokenSource};
 
 /// A [`tower::Layer`] that adds Propel credentials to every request for the
@@ -53,42 +51,26 @@ use crate::{AccessToken, Credentials, PropelAuth, Settings, TokenParams, TokenSo
 #[derive(Clone)]
 pub struct PropelAuthLayer {
     shared: Arc<Shared>,
+    /// A tenant view's parameters ([`with_params`](Self::with_params)).
+    params: Option<TokenParams>,
 }
 
-/// What every service of one layer shares.
+/// What every service of one layer, and every view of it, shares.
 pub(crate) struct Shared {
-    pub(crate) id: LayerId,
-    pub(crate) auth: Auth,
+    pub(crate) store: Arc<TokenStore>,
     pub(crate) origins: AllowedOrigins,
-    pub(crate) counters: Arc<Counters>,
-}
-
-impl Drop for Shared {
-    fn drop(&mut self) {
-        registry::unregister(self.id);
-    }
-}
-
-#[derive(Clone)]
-pub(crate) enum Auth {
-    Basic {
-        /// The pre-built, sensitive `Basic …` header.
-        header: HeaderValue,
-        /// To remove by value from what a server says.
-        secret: SecretString,
-    },
-    Token(Arc<TokenStore>),
 }
 
 impl PropelAuthLayer {
     /// Server-side authentication: the Application ID and secret as HTTP Basic
     /// credentials on every request. The header is built once, here.
     pub fn basic(credentials: Credentials) -> Self {
-        let auth = Auth::Basic {
-            header: credentials.basic_header(),
-            secret: credentials.secret().clone(),
+        let token = AccessToken::application(&credentials);
+        let config = CacheConfig {
+            secret: Some(credentials.secret().clone()),
+            ..CacheConfig::seeded(Supply::Application, Clock::default())
         };
-        Self::new(auth, AllowedOrigins::default_api(), Arc::default())
+        Self::seeded(config, token, false)
     }
 
     /// Client-side authentication with tokens from Propel's Token API (the
@@ -113,29 +95,12 @@ impl PropelAuthLayer {
     }
 
     pub(crate) fn bearer_with_clock(token: AccessToken, clock: Clock) -> Self {
-        // Nothing to refresh ahead: the token is used up to its stale point.
-        let settings = Settings {
-            refresh_at: 1.0,
-            refresh_jitter: 0.0,
-            ..Settings::default()
-        };
-        let counters = Arc::<Counters>::default();
-        let config = CacheConfig {
-            source: Arc::new(FixedToken::new(token)),
-            settings,
-            clock,
-            counters: Arc::clone(&counters),
-            secret: None,
-            replay: false,
-            renewable: false,
-            second_level: None,
-        };
-        let store = TokenStore::new(TokenParams::default(), Arc::new(config));
-        Self::new(
-            Auth::Token(Arc::new(store)),
-            AllowedOrigins::default_api(),
-            counters,
-        )
+        Self::seeded(CacheConfig::seeded(Supply::Given, clock), token, true)
+    }
+
+    fn seeded(config: CacheConfig, token: AccessToken, expires: bool) -> Self {
+        let store = TokenStore::seeded(Arc::new(config), token, expires);
+        Self::new(store, AllowedOrigins::default_api())
     }
 
     /// Tokens from any [`TokenSource`], cached and refreshed exactly as
@@ -144,31 +109,65 @@ impl PropelAuthLayer {
         TokenLayerBuilder::new(CustomSource(Arc::new(source)))
     }
 
-    fn new(auth: Auth, origins: AllowedOrigins, counters: Arc<Counters>) -> Self {
-        let id = registry::next_id();
-        let shared = Arc::new(Shared {
-            id,
-            auth,
-            origins,
-            counters,
-        });
-        registry::register(id, &shared);
-        Self { shared }
+    fn new(store: TokenStore, origins: AllowedOrigins) -> Self {
+        let store = Arc::new(store);
+        Self {
+            shared: Arc::new(Shared { store, origins }),
+            params: None,
+        }
     }
 
     /// Sends credentials to exactly these origins (URLs; only their scheme,
     /// host and port count) instead of Propel's API,
     /// `https://api.us-east-2.propeldata.com`. For [`basic`](Self::basic)
     /// and [`bearer`](Self::bearer) layers; a token layer's builder has
-    /// [`allowed_origins`](TokenLayerBuilder::allowed_origins).
+    /// [`allowed_origins`](TokenLayerBuilder::allowed_origins). The result
+    /// shares this layer's credentials and counters.
     pub fn with_allowed_origins<I>(self, urls: I) -> Result<Self, ConfigError>
     where
         I: IntoIterator,
         I::Item: AsRef<str>,
     {
-        let origins = AllowedOrigins::parse(urls)?;
-        let Shared { auth, counters, .. } = &*self.shared;
-        Ok(Self::new(auth.clone(), origins, Arc::clone(counters)))
+        let shared = Shared {
+            store: Arc::clone(&self.shared.store),
+            origins: AllowedOrigins::parse(urls)?,
+        };
+        Ok(Self {
+            shared: Arc::new(shared),
+            params: self.params,
+        })
+    }
+
+    /// A tenant view: a layer whose requests carry a token minted for
+    /// `params` (e.g. [`TokenParams::tenant`]), from any client, a
+    /// `reqwest::Client` included. Cheap: it shares this layer's token sets,
+    /// their bound ([`Settings::max_token_sets`]), single flights, settings
+    /// and [`Stats`]. A view holds parameters, not a cache: however many views
+    /// there are, the bound holds, and a set it evicted is made again on its
+    /// next request.
+    ///
+    /// An `http::Request` that carries [`TokenParams`] in its extensions gets
+    /// those instead. For a [`basic`](Self::basic) or [`bearer`](Self::bearer)
+    /// layer a view changes nothing: parameters cannot change its credential.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), tower::BoxError> {
+    /// use tower::{Layer, ServiceExt};
+    /// use tower_propel_auth::{config, TokenParams};
+    ///
+    /// let config = config::from_env()?;
+    /// let auth = config.client_credentials().build()?;
+    /// let client = reqwest::Client::new();
+    /// let acme = auth.with_params(TokenParams::tenant("acme")).layer(client);
+    /// let request = reqwest::Request::new(reqwest::Method::POST, config.api_url().parse()?);
+    /// let response = acme.oneshot(request).await?; // with acme's token
+    /// # let _ = response; Ok(()) }
+    /// ```
+    pub fn with_params(&self, params: TokenParams) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            params: Some(params),
+        }
     }
 
     #[cfg(test)]
@@ -176,32 +175,33 @@ impl PropelAuthLayer {
         &self.shared
     }
 
-    /// The counters of this layer, its clones and their services.
+    /// The counters of this layer, its clones, its views and their services.
     pub fn stats(&self) -> Stats {
-        let mut stats = self.shared.counters.snapshot();
-        if let Auth::Token(store) = &self.shared.auth {
-            stats.token_sets = store.keyed_len() as u64;
+        let store = &self.shared.store;
+        Stats {
+            token_sets: store.keyed_len() as u64,
+            ..store.config().counters.snapshot()
         }
-        stats
     }
 
-    /// A valid access token for `params` (the layer's defaults when `None`),
-    /// from the same cache requests use: the cached one, or one fetched
-    /// through the single flight. For a back end that hands tokens to front
-    /// ends, which then use [`PropelAuthLayer::bearer`] or call Propel
-    /// directly; [`AccessToken::expires_in`] says how long it has left.
+    /// A valid access token for `params` (by default this view's, or the
+    /// layer's), from the same cache requests use: the cached one, or one
+    /// fetched through the single flight. For a back end that hands tokens
+    /// to front ends, which then use [`PropelAuthLayer::bearer`] or call
+    /// Propel directly; [`AccessToken::expires_in`] says how long it has left.
     ///
     /// Fails for a [`basic`](Self::basic) layer, which has no tokens.
     pub async fn access_token(
         &self,
         params: Option<&TokenParams>,
     ) -> Result<AccessToken, TokenError> {
-        let Auth::Token(store) = &self.shared.auth else {
-            return Err(TokenError::from_source(
+        let store = &self.shared.store;
+        if let Supply::Application = store.config().supply {
+            return Err(TokenError::permanent(
                 "this layer sends Basic credentials; build it with client_credentials to get tokens",
-                false,
             ));
-        };
+        }
+        let params = params.or(self.params.as_ref());
         store.cache_for(params).token().await
     }
 }
@@ -210,18 +210,20 @@ impl<S> Layer<S> for PropelAuthLayer {
     type Service = PropelAuth<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        PropelAuth::new(inner, Arc::clone(&self.shared))
+        PropelAuth::new(inner, Arc::clone(&self.shared), self.params.clone())
     }
 }
 
 impl fmt::Debug for PropelAuthLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mode = match &self.shared.auth {
-            Auth::Basic { .. } => "basic",
-            Auth::Token(_) => "token",
+        let credential = match self.shared.store.config().supply {
+            Supply::Application => "basic",
+            Supply::Given => "bearer",
+            Supply::Minted(_) => "token",
         };
         f.debug_struct("PropelAuthLayer")
-            .field("mode", &mode)
+            .field("credential", &credential)
+            .field("params", &self.params)
             .field("origins", &self.shared.origins)
             .field("stats", &self.stats())
             .finish()
@@ -248,7 +250,6 @@ pub struct TokenLayerBuilder<Source = ClientCredentials> {
     params: TokenParams,
     origins: Option<Vec<String>>,
     settings: Settings,
-    retry_unauthorized: bool,
 }
 
 /// The token source a [`TokenLayerBuilder`] from
@@ -309,13 +310,13 @@ impl<Source> TokenLayerBuilder<Source> {
             params: TokenParams::default(),
             origins: None,
             settings: Settings::default(),
-            retry_unauthorized: false,
         }
     }
 
     /// The parameters of the tokens requests get by default (scopes, policy
-    /// values); a request can carry its own in its extensions. Default: none,
-    /// so the Application's own scopes.
+    /// values); a tenant view ([`PropelAuthLayer::with_params`]) or an
+    /// `http::Request`'s extensions can give others. Default: none, so the
+    /// Application's own scopes.
     pub fn params(mut self, params: TokenParams) -> Self {
         self.params = params;
         self
@@ -342,19 +343,6 @@ impl<Source> TokenLayerBuilder<Source> {
         self
     }
 
-    /// Whether the layer itself sends a request once more after a 401, with
-    /// a fresh token, for stacks without a retry layer (default false). It
-    /// keeps a copy of every request whose body can be replayed: its headers,
-    /// extensions and in-memory body, a clone of the inner service and a
-    /// box, on every request. With a retry layer outside
-    /// (`retry::TransientErrors`), leave it off: a 401 that a fresh token may
-    /// cure is a transient [`Error::Unauthorized`](crate::Error::Unauthorized),
-    /// and the retry layer already holds a copy.
-    pub fn retry_unauthorized(mut self, on: bool) -> Self {
-        self.retry_unauthorized = on;
-        self
-    }
-
     /// Checks the configuration and builds the layer. No request is made.
     pub fn build(self) -> Result<PropelAuthLayer, ConfigError>
     where
@@ -374,11 +362,10 @@ impl<Source> TokenLayerBuilder<Source> {
             None => AllowedOrigins::default_api(),
             Some(urls) => AllowedOrigins::parse(urls)?,
         };
-        let counters = Arc::<Counters>::default();
         #[cfg(feature = "shared-cache")]
         let second_level = match self.source.shared_cache() {
             Some((shared, credentials, token_url)) => {
-                Some(shared.second_level(credentials, token_url, &self.settings, &counters)?)
+                Some(shared.second_level(credentials, token_url, &self.settings)?)
             }
             None => None,
         };
@@ -386,21 +373,15 @@ impl<Source> TokenLayerBuilder<Source> {
         let second_level = None;
         let (source, secret) = self.source.into_source()?;
         let config = CacheConfig {
-            source,
+            supply: Supply::Minted(source),
             settings: self.settings,
             clock,
-            counters: Arc::clone(&counters),
+            counters: Counters::default(),
             secret,
-            replay: self.retry_unauthorized,
-            renewable: true,
             second_level,
         };
-        let store = TokenStore::new(self.params, Arc::new(config));
-        Ok(PropelAuthLayer::new(
-            Auth::Token(Arc::new(store)),
-            origins,
-            counters,
-        ))
+        let store = TokenStore::renewable(self.params, Arc::new(config));
+        Ok(PropelAuthLayer::new(store, origins))
     }
 }
 
@@ -450,7 +431,6 @@ impl<Source: fmt::Debug> fmt::Debug for TokenLayerBuilder<Source> {
             .field("params", &self.params)
             .field("origins", &self.origins)
             .field("settings", &self.settings)
-            .field("retry_unauthorized", &self.retry_unauthorized)
             .finish()
     }
 }

@@ -53,7 +53,7 @@
 //!
 //! | Propel answers | you get |
 //! |---|---|
-//! | 401 | the rejected token is dropped and [`Error::Unauthorized`] returned, [`Error::is_transient`] when a fresh token may cure it: [`retry::TransientErrors`] resends it at once (or build with [`TokenLayerBuilder::retry_unauthorized`]); a second 401 is final |
+//! | 401 | the rejected token is dropped and [`Error::Unauthorized`] returned, [`Error::is_transient`] when a fresh token may cure it: [`retry::TransientErrors`] resends it at once; a second 401 is final |
 //! | 403 | [`Error::Forbidden`] naming the missing [`Scope`] or the policy problem |
 //! | Token API 400 | [`Error::Token`] saying whether grant type, client id or secret is wrong |
 //! | Token API 429 / 5xx / timeout | [`Error::Token`], [`Error::is_transient`] |
@@ -83,7 +83,6 @@ mod future;
 mod layer;
 mod message;
 mod origin;
-mod registry;
 pub mod retry;
 mod scope;
 mod service;
@@ -113,6 +112,7 @@ pub use error::{
 };
 pub use future::ResponseFuture;
 pub use layer::{CustomSource, PropelAuthLayer, TokenLayerBuilder};
+pub use message::{AuthRequest, AuthResponse};
 pub use origin::DEFAULT_API_URL;
 pub use scope::Scope;
 pub use service::PropelAuth;

@@ -1,36 +1,66 @@
-//! What the service needs from a request and a response, for `http` types and
-//! (with the `reqwest` feature) for reqwest's, so one state machine serves both.
+//! The request and response types [`PropelAuth`](crate::PropelAuth) works
+//! over, for `http` types and (feature `reqwest`) reqwest's, so that one
+//! state machine serves both.
 
-use std::any::Any;
+// The sealed traits' methods take the crate's private types; nobody outside
+// can name the traits, let alone call them.
+#![allow(private_interfaces)]
+
+use std::future::Future;
 
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
 use http::{HeaderMap, StatusCode};
 use http_body::Body;
-use http_body_util::{Empty, Full};
 use tower::BoxError;
 
 use crate::error_body::{read_capped, ERROR_BODY_TIMEOUT};
 use crate::origin::{AllowedOrigins, Decision};
 use crate::TokenParams;
 
-pub(crate) trait AuthRequest: Sized {
-    fn decide(&self, origins: &AllowedOrigins) -> Decision;
-    fn headers_mut(&mut self) -> &mut HeaderMap;
-    /// A copy to send again after a 401, when the body can be replayed.
-    fn try_clone(&self) -> Option<Self>;
-    /// Token parameters the request carries, if any.
-    fn token_params(&self) -> Option<&TokenParams>;
+/// A request [`PropelAuth`](crate::PropelAuth) can add credentials to:
+///
+/// - `http::Request<B>`, for any body `B` (hyper-util's client, tower-http
+///   stacks). It may carry [`TokenParams`] in its extensions.
+/// - `reqwest::Request` (feature `reqwest`), whose extensions are private:
+///   its tenant's token comes from a tenant view,
+///   [`PropelAuthLayer::with_params`](crate::PropelAuthLayer::with_params).
+///
+/// Sealed: these are the only implementors.
+pub trait AuthRequest: sealed::Request {}
+
+/// A response [`PropelAuth`](crate::PropelAuth) can read a 401 or 403 from:
+///
+/// - `http::Response<B>` for a body `B: http_body::Body + Send + 'static`
+///   whose `Data` is `Send` and whose `Error` converts into a
+///   [`BoxError`] (hyper's `Incoming`, `http_body_util` bodies, tower-http's);
+/// - `reqwest::Response` (feature `reqwest`).
+///
+/// Sealed: these are the only implementors.
+pub trait AuthResponse: sealed::Response {}
+
+/// The methods behind the two traits. Public only to be their supertraits;
+/// unnameable outside the crate.
+pub(crate) mod sealed {
+    use super::*;
+
+    pub trait Request: Sized {
+        fn decide(&self, origins: &AllowedOrigins) -> Decision;
+        fn headers_mut(&mut self) -> &mut HeaderMap;
+        /// Token parameters the request carries, if any.
+        fn token_params(&self) -> Option<&TokenParams>;
+    }
+
+    pub trait Response: Sized + Send + 'static {
+        fn status(&self) -> StatusCode;
+        /// The body, read up to the cap and for at most
+        /// [`ERROR_BODY_TIMEOUT`]; a body that fails or stalls counts as empty.
+        fn read_body(self) -> impl Future<Output = Bytes> + Send + 'static;
+    }
 }
 
-pub(crate) trait AuthResponse: Sized {
-    fn status(&self) -> StatusCode;
-    /// The body, read up to the cap and for at most [`ERROR_BODY_TIMEOUT`];
-    /// a body that fails or stalls counts as empty.
-    fn read_body(self) -> BoxFuture<'static, Bytes>;
-}
+impl<B> AuthRequest for http::Request<B> {}
 
-impl<B: 'static> AuthRequest for http::Request<B> {
+impl<B> sealed::Request for http::Request<B> {
     #[inline]
     fn decide(&self, origins: &AllowedOrigins) -> Decision {
         origins.decide_uri(self.uri())
@@ -41,46 +71,21 @@ impl<B: 'static> AuthRequest for http::Request<B> {
         self.headers_mut()
     }
 
-    fn try_clone(&self) -> Option<Self> {
-        let body = clone_body(self.body())?;
-        let mut copy = http::Request::new(body);
-        *copy.method_mut() = self.method().clone();
-        *copy.uri_mut() = self.uri().clone();
-        *copy.version_mut() = self.version();
-        *copy.headers_mut() = self.headers().clone();
-        *copy.extensions_mut() = self.extensions().clone();
-        Some(copy)
-    }
-
     #[inline]
     fn token_params(&self) -> Option<&TokenParams> {
         self.extensions().get::<TokenParams>()
     }
 }
 
-/// Clones a body whose type is one of the common in-memory bodies; `None`
-/// for streaming bodies, which cannot be replayed. The same approach as
-/// tower-http's redirect and retry helpers, without requiring `B: Clone` of
-/// every user.
-fn clone_body<B: 'static>(body: &B) -> Option<B> {
-    fn try_as<T: Clone + 'static, B: 'static>(body: &B) -> Option<B> {
-        let typed = (body as &dyn Any).downcast_ref::<T>()?;
-        let mut slot = Some(typed.clone());
-        (&mut slot as &mut dyn Any)
-            .downcast_mut::<Option<B>>()?
-            .take()
-    }
-    try_as::<Full<Bytes>, B>(body)
-        .or_else(|| try_as::<Empty<Bytes>, B>(body))
-        .or_else(|| try_as::<String, B>(body))
-        .or_else(|| try_as::<Bytes, B>(body))
-        .or_else(|| try_as::<Vec<u8>, B>(body))
-        .or_else(|| try_as::<&'static str, B>(body))
-        .or_else(|| try_as::<&'static [u8], B>(body))
-        .or_else(|| try_as::<(), B>(body))
+impl<RB> AuthResponse for http::Response<RB>
+where
+    RB: Body + Send + 'static,
+    RB::Data: Send,
+    RB::Error: Into<BoxError>,
+{
 }
 
-impl<RB> AuthResponse for http::Response<RB>
+impl<RB> sealed::Response for http::Response<RB>
 where
     RB: Body + Send + 'static,
     RB::Data: Send,
@@ -91,20 +96,21 @@ where
         self.status()
     }
 
-    fn read_body(self) -> BoxFuture<'static, Bytes> {
-        Box::pin(async move {
-            let read = tokio::time::timeout(ERROR_BODY_TIMEOUT, read_capped(self.into_body()));
-            match read.await {
-                Ok(Ok(capped)) => capped.bytes,
-                // The status says what happened; the message is a bonus.
-                Ok(Err(_)) | Err(_) => Bytes::new(),
-            }
-        })
+    async fn read_body(self) -> Bytes {
+        let read = tokio::time::timeout(ERROR_BODY_TIMEOUT, read_capped(self.into_body()));
+        match read.await {
+            Ok(Ok(capped)) => capped.bytes,
+            // The status says what happened; the message is a bonus.
+            Ok(Err(_)) | Err(_) => Bytes::new(),
+        }
     }
 }
 
 #[cfg(feature = "reqwest")]
-impl AuthRequest for reqwest::Request {
+impl AuthRequest for reqwest::Request {}
+
+#[cfg(feature = "reqwest")]
+impl sealed::Request for reqwest::Request {
     #[inline]
     fn decide(&self, origins: &AllowedOrigins) -> Decision {
         let url = self.url();
@@ -119,31 +125,32 @@ impl AuthRequest for reqwest::Request {
         self.headers_mut()
     }
 
-    fn try_clone(&self) -> Option<Self> {
-        self.try_clone()
-    }
-
-    /// reqwest keeps its request extensions private, so reqwest requests use
-    /// the layer's default token parameters.
+    /// reqwest keeps its request extensions private: a reqwest request gets
+    /// its parameters from the layer or a tenant view of it.
+    #[inline]
     fn token_params(&self) -> Option<&TokenParams> {
         None
     }
 }
 
 #[cfg(feature = "reqwest")]
-impl AuthResponse for reqwest::Response {
+impl AuthResponse for reqwest::Response {}
+
+#[cfg(feature = "reqwest")]
+impl sealed::Response for reqwest::Response {
     #[inline]
     fn status(&self) -> StatusCode {
         self.status()
     }
 
-    fn read_body(self) -> BoxFuture<'static, Bytes> {
+    fn read_body(self) -> impl Future<Output = Bytes> + Send + 'static {
         http::Response::<reqwest::Body>::from(self).read_body()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::sealed::Request as _;
     use super::*;
 
     #[cfg(feature = "reqwest")]
@@ -152,7 +159,7 @@ mod tests {
         let allowed = AllowedOrigins::default_api();
         let decide = |url: &str| {
             let request = reqwest::Request::new(reqwest::Method::POST, url.parse().unwrap());
-            AuthRequest::decide(&request, &allowed)
+            request.decide(&allowed)
         };
         for url in [
             "https://api.us-east-2.propeldata.com/graphql",
@@ -169,22 +176,5 @@ mod tests {
             decide("http://api.us-east-2.propeldata.com/"),
             Decision::Insecure(_)
         ));
-    }
-
-    #[test]
-    fn in_memory_bodies_replay_and_streams_do_not() {
-        let request = http::Request::post("https://x/graphql")
-            .header("x-trace", "1")
-            .body(Full::new(Bytes::from_static(b"{}")))
-            .unwrap();
-        let copy = AuthRequest::try_clone(&request).expect("Full replays");
-        assert_eq!(copy.uri(), request.uri());
-        assert_eq!(copy.headers()["x-trace"], "1");
-        assert!(AuthRequest::try_clone(&http::Request::new(String::from("q"))).is_some());
-        let boxed = http_body_util::combinators::UnsyncBoxBody::new(
-            Empty::<Bytes>::new().map_err(|never| match never {}),
-        );
-        use http_body_util::BodyExt as _;
-        assert!(AuthRequest::try_clone(&http::Request::new(boxed)).is_none());
     }
 }

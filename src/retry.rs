@@ -33,15 +33,18 @@
 //! whose connection failed mid-way may have been applied: retry mutations
 //! only if they are idempotent.
 
+use std::any::Any;
 use std::pin::Pin;
 use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{Empty, Full};
 
 use tower::retry::backoff::{Backoff, ExponentialBackoff, ExponentialBackoffMaker, MakeBackoff};
 use tower::retry::Policy;
 use tower::util::rng::HasherRng;
 use tower::BoxError;
 
-use crate::message::AuthRequest;
 use crate::Error;
 
 /// Retries transient errors with jittered exponential backoff, at most
@@ -166,8 +169,37 @@ use sealed::{RetryError, RetryRequest};
 
 impl<B: 'static> RetryRequest for http::Request<B> {
     fn try_clone_request(&self) -> Option<Self> {
-        AuthRequest::try_clone(self)
+        let body = clone_body(self.body())?;
+        let mut copy = http::Request::new(body);
+        *copy.method_mut() = self.method().clone();
+        *copy.uri_mut() = self.uri().clone();
+        *copy.version_mut() = self.version();
+        *copy.headers_mut() = self.headers().clone();
+        *copy.extensions_mut() = self.extensions().clone();
+        Some(copy)
     }
+}
+
+/// Clones a body whose type is one of the common in-memory bodies; `None`
+/// for streaming bodies, which cannot be sent twice. This spares users a
+/// `B: Clone` bound; tower-http's `FollowRedirect` instead asks its policy
+/// (`Policy::clone_body`), and tower's retry leaves it to the user's policy.
+fn clone_body<B: 'static>(body: &B) -> Option<B> {
+    fn try_as<T: Clone + 'static, B: 'static>(body: &B) -> Option<B> {
+        let typed = (body as &dyn Any).downcast_ref::<T>()?;
+        let mut slot = Some(typed.clone());
+        (&mut slot as &mut dyn Any)
+            .downcast_mut::<Option<B>>()?
+            .take()
+    }
+    try_as::<Full<Bytes>, B>(body)
+        .or_else(|| try_as::<Empty<Bytes>, B>(body))
+        .or_else(|| try_as::<String, B>(body))
+        .or_else(|| try_as::<Bytes, B>(body))
+        .or_else(|| try_as::<Vec<u8>, B>(body))
+        .or_else(|| try_as::<&'static str, B>(body))
+        .or_else(|| try_as::<&'static [u8], B>(body))
+        .or_else(|| try_as::<(), B>(body))
 }
 
 #[cfg(feature = "reqwest")]
@@ -247,6 +279,25 @@ mod tests {
                 "{delay:?}"
             );
         }
+    }
+
+    #[test]
+    fn in_memory_bodies_are_copied_and_streams_are_not() {
+        let request = http::Request::post("https://x/graphql")
+            .header("x-trace", "1")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        let copy = request.try_clone_request().expect("Full is copied");
+        assert_eq!(copy.uri(), request.uri());
+        assert_eq!(copy.headers()["x-trace"], "1");
+        assert!(http::Request::new(String::from("q"))
+            .try_clone_request()
+            .is_some());
+        use http_body_util::BodyExt as _;
+        let stream = http_body_util::combinators::UnsyncBoxBody::new(
+            Empty::<Bytes>::new().map_err(|never| match never {}),
+        );
+        assert!(http::Request::new(stream).try_clone_request().is_none());
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,18 +10,19 @@ use tower::{BoxError, Service};
 
 use crate::error::{Error, InsecureTransport};
 use crate::future::{ResponseFuture, Sent};
-use crate::layer::{Auth, Shared};
+use crate::layer::Shared;
 use crate::message::{AuthRequest, AuthResponse};
 use crate::origin::Decision;
-use crate::token::cache::{CachedToken, TokenCache};
-use crate::token::store::TokenStore;
+use crate::token::cache::{Entry, TokenCache};
+use crate::TokenParams;
 
 /// Adds Propel credentials to the requests of an inner HTTP service.
 ///
 /// Made by [`PropelAuthLayer`](crate::PropelAuthLayer). Works over services of
 /// `http::Request<B>` → `http::Response<RB>` (hyper-util's client, tower-http
-/// stacks) and, with the `reqwest` feature, over `reqwest::Client`. Its
-/// errors are [`Error`]s.
+/// stacks) and, with the `reqwest` feature, over `reqwest::Client`: exactly
+/// the implementors of [`AuthRequest`] and [`AuthResponse`]. Its errors are
+/// [`Error`]s.
 ///
 /// ```
 /// use std::convert::Infallible;
@@ -46,34 +47,21 @@ use crate::token::store::TokenStore;
 pub struct PropelAuth<S> {
     inner: S,
     shared: Arc<Shared>,
-    attach: Attach,
+    /// A tenant view's parameters.
+    params: Option<TokenParams>,
+    /// The layer's default cache, and its current entry revalidated with one
+    /// relaxed atomic load of the shared pointer (arc-swap's `Cache`): no
+    /// reference counting while the entry is unchanged.
+    default: TokenCache,
+    current: arc_swap::Cache<DefaultSlot, Option<Arc<Entry>>>,
 }
 
-/// This service's side of the layer's credentials.
+/// Lets arc-swap's `Cache` reach the default cache's entry.
 #[derive(Clone)]
-enum Attach {
-    Basic(HeaderValue),
-    Token {
-        store: Arc<TokenStore>,
-        default: DefaultToken,
-    },
-}
+struct DefaultSlot(TokenCache);
 
-/// The default cache's current token, revalidated with one relaxed atomic
-/// load of the shared pointer (arc-swap's `Cache`): no reference counting
-/// while the token is unchanged.
-#[derive(Clone)]
-struct DefaultToken {
-    cache: TokenCache,
-    current: arc_swap::Cache<Current, Option<Arc<CachedToken>>>,
-}
-
-/// Lets arc-swap's `Cache` reach the default cache's token.
-#[derive(Clone)]
-struct Current(TokenCache);
-
-impl std::ops::Deref for Current {
-    type Target = arc_swap::ArcSwapOption<CachedToken>;
+impl std::ops::Deref for DefaultSlot {
+    type Target = arc_swap::ArcSwapOption<Entry>;
 
     fn deref(&self) -> &Self::Target {
         self.0.current_slot()
@@ -81,35 +69,28 @@ impl std::ops::Deref for Current {
 }
 
 /// What a request gets, decided once.
-enum Lookup {
+enum Route {
     /// Not ours to touch: another origin, or the caller's own `Authorization`.
     PassThrough,
     /// An allowed host over plain HTTP: nothing is sent.
     Insecure(String),
-    /// Attach this header, unless the caller set its own; what a 401 or 403
-    /// will need.
+    /// Attach this header (unless the caller set its own) and keep what a
+    /// 401 or 403 will need.
     Attach(HeaderValue, Sent),
-    /// No usable token yet: wait for this cache's.
+    /// No usable credential yet: wait for this cache's.
     Wait(TokenCache),
 }
 
 impl<S> PropelAuth<S> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
-        let attach = match &shared.auth {
-            Auth::Basic { header, .. } => Attach::Basic(header.clone()),
-            Auth::Token(store) => {
-                let cache = store.default_cache().clone();
-                let current = arc_swap::Cache::new(Current(cache.clone()));
-                Attach::Token {
-                    store: Arc::clone(store),
-                    default: DefaultToken { cache, current },
-                }
-            }
-        };
+    pub(crate) fn new(inner: S, shared: Arc<Shared>, params: Option<TokenParams>) -> Self {
+        let default = shared.store.default_cache().clone();
+        let current = arc_swap::Cache::new(DefaultSlot(default.clone()));
         Self {
             inner,
             shared,
-            attach,
+            params,
+            default,
+            current,
         }
     }
 
@@ -133,24 +114,23 @@ impl<S> PropelAuth<S> {
         &self.shared
     }
 
-    #[inline]
     fn start<Req>(&mut self, mut request: Req) -> ResponseFuture<S, Req>
     where
         S: Service<Req> + Clone,
         Req: AuthRequest,
     {
-        match self.lookup(&mut request) {
-            Lookup::Attach(header, sent) => {
+        match self.route(&mut request) {
+            Route::Attach(header, sent) => {
                 ResponseFuture::send(&mut self.inner, request, header, sent)
             }
-            Lookup::PassThrough => ResponseFuture::passed_through(self.inner.call(request)),
-            Lookup::Insecure(origin) => {
+            Route::PassThrough => ResponseFuture::passed_through(self.inner.call(request)),
+            Route::Insecure(origin) => {
                 ResponseFuture::failed(Error::InsecureTransport(InsecureTransport::new(origin)))
             }
-            Lookup::Wait(cache) => {
+            Route::Wait(cache) => {
                 // Give back what `poll_ready` reserved (a concurrency permit,
                 // a buffer slot) while the request waits: the future readies
-                // a clone once the token is here.
+                // a clone once the credential is here.
                 let unready = self.inner.clone();
                 self.inner = unready.clone();
                 ResponseFuture::awaiting_token(cache, request, unready)
@@ -159,56 +139,33 @@ impl<S> PropelAuth<S> {
     }
 
     /// Where the request goes, which cache serves it and whether that
-    /// cache's token is usable: one pass. Whether the caller set its own
+    /// cache's credential is usable: one pass. Whether the caller set its own
     /// header is known when the header goes in (`ResponseFuture::send`).
     #[inline]
-    fn lookup<Req: AuthRequest>(&mut self, request: &mut Req) -> Lookup {
+    fn route<Req: AuthRequest>(&mut self, request: &mut Req) -> Route {
         match request.decide(&self.shared.origins) {
             Decision::Attach => {}
-            Decision::PassThrough => return Lookup::PassThrough,
-            Decision::Insecure(origin) => return Lookup::Insecure(origin),
+            Decision::PassThrough => return Route::PassThrough,
+            Decision::Insecure(origin) => return Route::Insecure(origin),
         }
-        let layer = self.shared.id;
-        let (header, sent) = match &mut self.attach {
-            Attach::Basic(header) => (header.clone(), Sent::Basic { layer }),
-            Attach::Token { store, default } => {
-                let keyed = keyed_cache(store, request);
-                let cached = match &keyed {
-                    Some(cache) => cache.cached(),
-                    None => default.cached(),
-                };
-                match cached {
-                    Some((header, generation)) => {
-                        // A replaying layer keeps a copy, which needs the cache at hand.
-                        let keyed = keyed.or_else(|| {
-                            default.cache.config().replay.then(|| default.cache.clone())
-                        });
-                        (header, Sent::token(layer, keyed, generation))
-                    }
-                    None if request.headers_mut().contains_key(AUTHORIZATION) => {
-                        return Lookup::PassThrough
-                    }
-                    None => return Lookup::Wait(keyed.unwrap_or_else(|| default.cache.clone())),
-                }
+        let params = request.token_params().or(self.params.as_ref());
+        let (cache, cached) = match params.and_then(|params| self.shared.store.keyed(params)) {
+            Some(keyed) => {
+                let cached = keyed.cached();
+                (keyed, cached)
+            }
+            None => {
+                let entry = self.current.load().as_deref();
+                let cached = entry.and_then(|entry| self.default.check(entry));
+                (self.default.clone(), cached)
             }
         };
-        Lookup::Attach(header, sent)
+        match cached {
+            Some((header, generation)) => Route::Attach(header, Sent { cache, generation }),
+            None if request.headers_mut().contains_key(AUTHORIZATION) => Route::PassThrough,
+            None => Route::Wait(cache),
+        }
     }
-}
-
-impl DefaultToken {
-    #[inline]
-    fn cached(&mut self) -> Option<(HeaderValue, u64)> {
-        let token = self.current.load().as_deref()?;
-        self.cache.check(token)
-    }
-}
-
-/// The cache of the token parameters a request carries, if they are not the
-/// layer's defaults.
-#[inline]
-fn keyed_cache<Req: AuthRequest>(store: &TokenStore, request: &Req) -> Option<TokenCache> {
-    store.keyed(request.token_params()?)
 }
 
 impl<S, B, RB> Service<http::Request<B>> for PropelAuth<S>
@@ -216,13 +173,11 @@ where
     S: Service<http::Request<B>, Response = http::Response<RB>> + Clone,
     S::Error: Into<BoxError>,
     http::Response<RB>: AuthResponse,
-    B: 'static,
 {
     type Response = http::Response<RB>;
     type Error = Error;
     type Future = ResponseFuture<S, http::Request<B>>;
 
-    #[inline]
     fn poll_ready(
         &mut self,
         cx: &mut std::task::Context<'_>,
@@ -232,7 +187,6 @@ where
             .map_err(|err| Error::Service(err.into()))
     }
 
-    #[inline]
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         self.start(request)
     }
@@ -249,7 +203,6 @@ where
     type Error = Error;
     type Future = ResponseFuture<S, reqwest::Request>;
 
-    #[inline]
     fn poll_ready(
         &mut self,
         cx: &mut std::task::Context<'_>,
@@ -259,7 +212,6 @@ where
             .map_err(|err| Error::Service(err.into()))
     }
 
-    #[inline]
     fn call(&mut self, request: reqwest::Request) -> Self::Future {
         self.start(request)
     }

@@ -30,15 +30,12 @@ pub struct Stats {
     pub token_failures: u64,
     /// Requests that had to wait for a token: none was cached and valid, so
     /// they joined (or started) a token request. A request failing fast
-    /// during a cool-down does not count; a 401 retry's wait does.
+    /// during a cool-down does not count; a retry's wait after a 401 does.
     pub waited_for_token: u64,
-    /// Requests the layer itself sent a second time with a fresh token after
-    /// a 401 ([`retry_unauthorized`](crate::TokenLayerBuilder::retry_unauthorized)).
-    pub unauthorized_retries: u64,
     /// Tokens dropped because Propel answered 401 to a request that carried
     /// them: one per rejected token, however many requests carried it. The
-    /// next request gets a fresh token, so with a retry layer outside (or
-    /// the layer's own replay) these 401s are cured, not final.
+    /// next request gets a fresh token, so with a retry layer outside these
+    /// 401s are cured, not final.
     pub tokens_rejected: u64,
     /// Requests that ended in [`Error::Unauthorized`](crate::Error::Unauthorized),
     /// transient ones (which a retry cures) included.
@@ -77,7 +74,6 @@ pub(crate) struct Counters {
     pub(crate) token_requests: AtomicU64,
     pub(crate) token_failures: AtomicU64,
     pub(crate) waited_for_token: AtomicU64,
-    pub(crate) unauthorized_retries: AtomicU64,
     pub(crate) tokens_rejected: AtomicU64,
     pub(crate) unauthorized: AtomicU64,
     pub(crate) forbidden: AtomicU64,
@@ -98,7 +94,6 @@ impl Counters {
             token_requests: self.token_requests.load(Relaxed),
             token_failures: self.token_failures.load(Relaxed),
             waited_for_token: self.waited_for_token.load(Relaxed),
-            unauthorized_retries: self.unauthorized_retries.load(Relaxed),
             tokens_rejected: self.tokens_rejected.load(Relaxed),
             unauthorized: self.unauthorized.load(Relaxed),
             forbidden: self.forbidden.load(Relaxed),

@@ -211,7 +211,7 @@ async fn bad_basic_credentials_are_unauthorized_at_once() {
     let Error::Unauthorized(unauthorized) = &err else {
         panic!("expected Unauthorized, got {err:?}");
     };
-    assert!(!unauthorized.retried(), "there is nothing to refresh");
+    assert!(!unauthorized.is_transient(), "there is nothing to refresh");
     assert!(!err.is_transient());
     assert!(
         err.to_string().contains("Application ID and secret"),
@@ -225,5 +225,5 @@ async fn bad_basic_credentials_are_unauthorized_at_once() {
     assert_eq!(stats.api_requests, 1, "no retry");
     assert_eq!(stats.api_invalid_credentials, 1);
     assert_eq!(layer.stats().unauthorized, 1);
-    assert_eq!(layer.stats().unauthorized_retries, 0);
+    assert_eq!(layer.stats().tokens_rejected, 0, "the credentials stay");
 }

@@ -5,7 +5,8 @@ mod support;
 use base64::Engine as _;
 use bytes::Bytes;
 use http::StatusCode;
-use tower::{Layer, ServiceExt};
+use tower::{Layer, ServiceBuilder, ServiceExt};
+use tower_propel_auth::retry::TransientErrors;
 use tower_propel_auth::testing::{ApiFault, TokenFault};
 use tower_propel_auth::{Error, ForbiddenReason, Scope, TokenParams};
 
@@ -272,13 +273,16 @@ async fn errors_never_show_the_application_secret_or_the_token() {
     assert!(matches!(err, Error::Forbidden(_)), "{err:?}");
     assert_clean("a Basic 403", &err, &[]);
 
-    // Tokens: Propel echoes the token back in a 401 (twice: the layer's own
-    // replay carries a fresh token and gets the same answer, so the error
-    // must hide a token it did not send too) and in a 403.
+    // Tokens: Propel echoes the token back in a 401 (twice: the retry
+    // carries a fresh token and gets the same answer, so the error must hide
+    // a token this attempt did not send too) and in a 403.
     fake.set_api_fault(None);
     let recorded = Recorded::default();
-    let layer = token_layer(&fake).retry_unauthorized(true).build().unwrap();
-    let service = layer.layer(recording(hyper_client(), &recorded));
+    let layer = token_layer(&fake).build().unwrap();
+    let service = ServiceBuilder::new()
+        .retry(TransientErrors::new(1))
+        .layer(layer.clone())
+        .service(recording(hyper_client(), &recorded));
     let response = service
         .clone()
         .oneshot(graphql(&fake.api_url(), DATA_POOL_QUERY))
@@ -302,7 +306,7 @@ async fn errors_never_show_the_application_secret_or_the_token() {
     assert!(matches!(err, Error::Unauthorized(_)), "{err:?}");
     let fresh = recorded.last_authorization().expect("a Bearer header");
     let fresh = fresh.strip_prefix("Bearer ").unwrap().to_owned();
-    assert_ne!(fresh, token, "the replay carried a fresh token");
+    assert_ne!(fresh, token, "the retry carried a fresh token");
     assert_clean("a token 401", &err, &[&token, &fresh]);
 
     fake.set_api_fault(Some(ApiFault::Forbidden {

@@ -1,7 +1,6 @@
-//! 401s: one refresh for many; by default the request fails with a
-//! transient `Unauthorized` that `retry::TransientErrors` retries with the
-//! fresh token; the layer's own replay (`retry_unauthorized(true)`) sends
-//! each request once more and no more, and never what cannot be replayed.
+//! 401s: one refresh for many; the request fails with a transient
+//! `Unauthorized` that `retry::TransientErrors` retries with the fresh
+//! token, once and no more, and never a request it cannot copy.
 
 mod support;
 
@@ -57,12 +56,12 @@ async fn fifty_concurrent_401s_cause_one_token_request_and_the_retry_layer_resen
     // Each first attempt ended in a transient `Unauthorized` (the retry layer,
     // not the auth layer, sent it again).
     assert_eq!(layer.stats().unauthorized, 50);
-    assert_eq!(layer.stats().unauthorized_retries, 0);
+    assert_eq!(layer.stats().tokens_rejected, 1);
     assert_eq!(layer.stats().token_requests, 2);
 }
 
 #[tokio::test]
-async fn by_default_a_401_fails_at_once_as_a_transient_unauthorized_and_drops_the_token() {
+async fn a_401_fails_at_once_as_a_transient_unauthorized_and_drops_the_token() {
     let fake = start().await;
     let layer = token_layer(&fake).build().unwrap();
     prime(&fake, &layer).await;
@@ -72,15 +71,17 @@ async fn by_default_a_401_fails_at_once_as_a_transient_unauthorized_and_drops_th
     let Error::Unauthorized(unauthorized) = &err else {
         panic!("expected Unauthorized, got {err:?}");
     };
-    assert!(!unauthorized.retried());
     assert!(err.is_transient(), "a fresh token may cure it: {err}");
     assert!(
         unauthorized.hint().contains("send the request again"),
         "{}",
         unauthorized.hint()
     );
-    assert_eq!(fake.stats().api_requests, 2, "sent once");
-    assert_eq!(layer.stats().unauthorized_retries, 0);
+    assert_eq!(
+        fake.stats().api_requests,
+        2,
+        "sent once: the layer keeps no copy"
+    );
 
     // The rejected token was dropped and its successor fetched: sending the
     // request again is what a retry layer does.
@@ -90,10 +91,12 @@ async fn by_default_a_401_fails_at_once_as_a_transient_unauthorized_and_drops_th
 }
 
 #[tokio::test]
-async fn behind_the_retry_layer_a_server_rejecting_every_token_gets_one_retry_per_request() {
+async fn behind_the_retry_layer_a_server_rejecting_every_token_gets_one_retry_per_request_and_no_refresh_storm(
+) {
     let fake = start().await;
     fake.set_api_fault(Some(ApiFault::Unauthorized));
-    // A cool-down long enough that every retry surely falls in it.
+    // A cool-down long enough that every retry, and the second burst below,
+    // surely fall in it.
     let layer = token_layer(&fake)
         .settings(settings(|s| s.cooldown = Duration::from_secs(60)))
         .build()
@@ -102,14 +105,15 @@ async fn behind_the_retry_layer_a_server_rejecting_every_token_gets_one_retry_pe
         .retry(TransientErrors::new(3))
         .layer(layer.clone())
         .service(hyper_client());
+    let burst = || {
+        within_10s(join_all((0..20).map(|_| {
+            client
+                .clone()
+                .oneshot(graphql(&fake.api_url(), DATA_POOL_QUERY))
+        })))
+    };
 
-    let results = within_10s(join_all((0..20).map(|_| {
-        client
-            .clone()
-            .oneshot(graphql(&fake.api_url(), DATA_POOL_QUERY))
-    })))
-    .await;
-    for result in results {
+    for result in burst().await {
         let err = expect_err(result);
         let Error::Unauthorized(unauthorized) = &err else {
             panic!("expected Unauthorized, got {err:?}");
@@ -122,77 +126,42 @@ async fn behind_the_retry_layer_a_server_rejecting_every_token_gets_one_retry_pe
     assert_eq!(stats.token_requests, 2, "the first token and one more");
     assert_eq!(stats.api_requests, 40, "each request sent twice, no more");
     assert_eq!(layer.stats().unauthorized, 40);
+
+    // A second burst within the cool-down: final at once, and no new token
+    // is asked for (no refresh storm against a server that rejects all).
+    for result in burst().await {
+        let err = expect_err(result);
+        assert!(
+            matches!(&err, Error::Unauthorized(u) if !u.is_transient()),
+            "{err:?}"
+        );
+    }
+    assert_eq!(fake.stats().token_requests, 2);
+    assert_eq!(fake.stats().api_requests, 60, "sent once each");
 }
 
 #[tokio::test]
-async fn with_the_layers_replay_a_reqwest_request_is_sent_again_after_a_401() {
+async fn behind_the_retry_layer_a_reqwest_request_is_sent_again_after_a_401() {
     let fake = start().await;
-    let layer = token_layer(&fake).retry_unauthorized(true).build().unwrap();
+    let layer = token_layer(&fake).build().unwrap();
     prime(&fake, &layer).await;
     fake.revoke_all_tokens();
 
-    let response = layer
-        .layer(reqwest::Client::new())
+    let client = ServiceBuilder::new()
+        .retry(TransientErrors::new(1))
+        .layer(layer.clone())
+        .service(reqwest::Client::new());
+    let response = client
         .oneshot(reqwest_graphql(&fake.api_url(), DATA_POOL_QUERY))
         .await
         .expect("retried with a fresh token");
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(fake.stats().token_requests, 2);
     assert_eq!(fake.stats().api_invalid_credentials, 1);
-    assert_eq!(layer.stats().unauthorized_retries, 1);
+    assert_eq!(layer.stats().tokens_rejected, 1);
 }
 
-#[tokio::test]
-async fn with_the_layers_replay_a_server_rejecting_every_token_gets_two_tries_and_bounded_token_requests(
-) {
-    let fake = start().await;
-    fake.set_api_fault(Some(ApiFault::Unauthorized));
-    // A cool-down long enough that the second burst below surely falls in it.
-    let layer = token_layer(&fake)
-        .settings(settings(|s| s.cooldown = Duration::from_secs(60)))
-        .retry_unauthorized(true)
-        .build()
-        .unwrap();
-    let service = layer.layer(hyper_client());
-    let burst = || {
-        join_all((0..20).map(|_| {
-            service
-                .clone()
-                .oneshot(graphql(&fake.api_url(), DATA_POOL_QUERY))
-        }))
-    };
-
-    for result in burst().await {
-        let err = expect_err(result);
-        let Error::Unauthorized(unauthorized) = &err else {
-            panic!("expected Unauthorized, got {err:?}");
-        };
-        assert!(unauthorized.retried(), "{err}");
-        assert!(!err.is_transient());
-        assert!(err.to_string().contains("freshly minted"), "{err}");
-    }
-    let stats = fake.stats();
-    assert!(
-        stats.token_requests <= 2,
-        "{} token requests for a burst of 20 rejected requests",
-        stats.token_requests
-    );
-    assert_eq!(stats.api_requests, 40, "each request sent twice, no more");
-    assert_eq!(layer.stats().unauthorized_retries, 20);
-    assert_eq!(layer.stats().unauthorized, 20);
-
-    // A second burst within the cool-down: still Unauthorized, and no new
-    // token is asked for (no refresh storm against a server that rejects all).
-    let token_requests = stats.token_requests;
-    for result in burst().await {
-        let err = expect_err(result);
-        assert!(matches!(err, Error::Unauthorized(_)), "{err:?}");
-    }
-    assert_eq!(fake.stats().token_requests, token_requests);
-    assert_eq!(layer.stats().unauthorized, 40);
-}
-
-/// A streamed request body: it cannot be copied, so it cannot be replayed.
+/// A streamed request body: it cannot be copied, so it cannot be sent again.
 type Streamed =
     StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
 
@@ -203,30 +172,30 @@ fn streamed(query: &str) -> Streamed {
 }
 
 #[tokio::test]
-async fn with_the_layers_replay_a_request_whose_body_cannot_be_copied_is_not_sent_again() {
+async fn behind_the_retry_layer_a_request_whose_body_cannot_be_copied_is_not_sent_again() {
     let fake = start().await;
-    let layer = token_layer(&fake).retry_unauthorized(true).build().unwrap();
+    let layer = token_layer(&fake).build().unwrap();
     prime(&fake, &layer).await;
     fake.revoke_all_tokens();
 
     let err = expect_err(
-        layer
-            .layer(hyper_client_for::<Streamed>())
+        ServiceBuilder::new()
+            .retry(TransientErrors::new(3))
+            .layer(layer.clone())
+            .service(hyper_client_for::<Streamed>())
             .oneshot(graphql_with(&fake.api_url(), streamed(DATA_POOL_QUERY)))
             .await,
     );
     let Error::Unauthorized(unauthorized) = &err else {
         panic!("expected Unauthorized, got {err:?}");
     };
-    assert!(!unauthorized.retried());
-    // Not sent again by the layer, but the token was dropped: the caller may.
+    // Not sent again, but the token was dropped: the caller may.
     assert!(unauthorized.is_transient(), "{err}");
     assert_eq!(
         fake.stats().api_requests,
         2,
         "the priming request and this one"
     );
-    assert_eq!(layer.stats().unauthorized_retries, 0);
 
     // The same with a boxed body, with the fault on every request so that
     // the outcome does not depend on the cached token.
@@ -234,25 +203,21 @@ async fn with_the_layers_replay_a_request_whose_body_cannot_be_copied_is_not_sen
     let boxed: BoxBody<Bytes, BoxError> = Full::new(graphql_body(DATA_POOL_QUERY))
         .map_err(|never| match never {})
         .boxed();
-    let err = expect_err(
-        layer
-            .layer(hyper_client_for::<BoxBody<Bytes, BoxError>>())
-            .oneshot(graphql_with(&fake.api_url(), boxed))
-            .await,
-    );
-    let Error::Unauthorized(unauthorized) = &err else {
-        panic!("expected Unauthorized, got {err:?}");
-    };
-    assert!(!unauthorized.retried());
+    let err = ServiceBuilder::new()
+        .retry(TransientErrors::new(3))
+        .layer(layer.clone())
+        .service(hyper_client_for::<BoxBody<Bytes, BoxError>>())
+        .oneshot(graphql_with(&fake.api_url(), boxed))
+        .await
+        .expect_err("rejected");
+    assert!(matches!(err, Error::Unauthorized(_)), "{err:?}");
     assert_eq!(fake.stats().api_requests, 3, "sent once");
-    assert_eq!(layer.stats().unauthorized_retries, 0);
 }
 
 #[tokio::test]
-async fn a_401_on_a_request_that_cannot_be_replayed_still_drops_the_rejected_token() {
+async fn a_401_on_a_streamed_request_still_drops_the_rejected_token() {
     let fake = start().await;
-    // The layer would replay a request it could copy; this one it cannot.
-    let layer = token_layer(&fake).retry_unauthorized(true).build().unwrap();
+    let layer = token_layer(&fake).build().unwrap();
     prime(&fake, &layer).await;
     fake.revoke_all_tokens();
     let service = layer.layer(hyper_client_for::<Streamed>());

@@ -21,10 +21,6 @@ use crate::{AccessToken, Settings, TokenParams, TokenSource};
 
 /// The [`SecondLevel`] of a layer with a shared cache.
 pub(crate) struct StoreLevel {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
     store: Arc<dyn SharedStore>,
     keys: Keys,
     /// Part of every key name: tokens of another issuer are other tokens.
@@ -36,7 +32,6 @@ struct Inner {
     lease: Duration,
     safety_margin: Duration,
     refresh_at: f64,
-    counters: Arc<Counters>,
 }
 
 /// Which look at the entry in one fetch.
@@ -57,45 +52,51 @@ impl StoreLevel {
         token_url: String,
         shared: SharedCacheSettings,
         settings: &Settings,
-        counters: Arc<Counters>,
     ) -> Self {
         Self {
-            inner: Arc::new(Inner {
-                store,
-                keys,
-                token_url,
-                store_timeout: shared.store_timeout.min(settings.fetch_timeout / 4),
-                peer_wait: shared.peer_wait.min(settings.fetch_timeout / 2),
-                poll_interval: shared.poll_interval,
-                lease: settings.fetch_timeout,
-                safety_margin: settings.safety_margin,
-                refresh_at: settings.refresh_at,
-                counters,
-            }),
+            store,
+            keys,
+            token_url,
+            store_timeout: shared.store_timeout.min(settings.fetch_timeout / 4),
+            peer_wait: shared.peer_wait.min(settings.fetch_timeout / 2),
+            poll_interval: shared.poll_interval,
+            lease: settings.fetch_timeout,
+            safety_margin: settings.safety_margin,
+            refresh_at: settings.refresh_at,
         }
     }
 }
 
 impl SecondLevel for StoreLevel {
-    fn fetch(
-        &self,
-        source: Arc<dyn TokenSource>,
-        params: TokenParams,
-        previous: Option<AccessToken>,
-    ) -> BoxFuture<'static, Result<AccessToken, TokenError>> {
-        let inner = Arc::clone(&self.inner);
-        Box::pin(async move { inner.fetch(&*source, &params, previous.as_ref()).await })
+    fn fetch<'a>(
+        &'a self,
+        source: &'a dyn TokenSource,
+        params: &'a TokenParams,
+        previous: Option<&'a AccessToken>,
+        counters: &'a Counters,
+    ) -> BoxFuture<'a, Result<AccessToken, TokenError>> {
+        let fetch = Fetch {
+            level: self,
+            counters,
+        };
+        Box::pin(async move { fetch.fetch(source, params, previous).await })
     }
 }
 
-impl Inner {
+/// One fetch: the store and its settings, and the layer's counters.
+struct Fetch<'a> {
+    level: &'a StoreLevel,
+    counters: &'a Counters,
+}
+
+impl Fetch<'_> {
     async fn fetch(
         &self,
         source: &dyn TokenSource,
         params: &TokenParams,
         previous: Option<&AccessToken>,
     ) -> Result<AccessToken, TokenError> {
-        let names = self.keys.names(&self.token_url, params);
+        let names = self.level.keys.names(&self.level.token_url, params);
         let previous = previous.map(|token| token.secret().expose_secret());
         // (1) Someone else's token?
         match self.look(&names, previous, Look::First).await {
@@ -116,13 +117,13 @@ impl Inner {
         // (3) Another process is fetching it: wait for its token, or for the
         // lock to come free without one (that process failed or died).
         Counters::bump(&self.counters.store_lock_waits);
-        let deadline = Instant::now() + self.peer_wait;
+        let deadline = Instant::now() + self.level.peer_wait;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            tokio::time::sleep(self.poll_interval.min(left)).await;
+            tokio::time::sleep(self.level.poll_interval.min(left)).await;
             match self.look(&names, previous, Look::Again).await {
                 Ok(Some(token)) => return Ok(self.hit(token)),
                 Ok(None) => {}
@@ -136,7 +137,7 @@ impl Inner {
             }
         }
         tracing::warn!(
-            waited_ms = self.peer_wait.as_millis() as u64,
+            waited_ms = self.level.peer_wait.as_millis() as u64,
             "no token from the process holding the shared cache's lock; fetching our own"
         );
         self.fall_back(source, params).await
@@ -200,10 +201,13 @@ impl Inner {
         previous: Option<&str>,
         look: Look,
     ) -> Result<Option<AccessToken>, StoreFailed> {
-        let Some(value) = self.round_trip("get", self.store.get(&names.token)).await? else {
+        let Some(value) = self
+            .round_trip("get", self.level.store.get(&names.token))
+            .await?
+        else {
             return Ok(None);
         };
-        let entry = match self.keys.open(&names.token, &value) {
+        let entry = match self.level.keys.open(&names.token, &value) {
             Ok(entry) => entry,
             Err(_) if look == Look::Again => return Ok(None),
             Err(_) => {
@@ -254,14 +258,19 @@ impl Inner {
     }
 
     async fn try_lock(&self, names: &EntryNames, owner: &str) -> Result<bool, StoreFailed> {
-        self.round_trip("lock", self.store.try_lock(&names.lock, owner, self.lease))
-            .await
+        self.round_trip(
+            "lock",
+            self.level
+                .store
+                .try_lock(&names.lock, owner, self.level.lease),
+        )
+        .await
     }
 
     /// Best effort: a lock left behind expires with its lease.
     async fn unlock(&self, names: &EntryNames, owner: &str) {
         let _ = self
-            .round_trip("unlock", self.store.unlock(&names.lock, owner))
+            .round_trip("unlock", self.level.store.unlock(&names.lock, owner))
             .await;
     }
 
@@ -277,9 +286,9 @@ impl Inner {
             token: token.secret().clone(),
             expires_at: token.expires_at(),
             lifetime: token.lifetime(),
-            refresh_at: SystemTime::now() + ttl.mul_f64(self.refresh_at),
+            refresh_at: SystemTime::now() + ttl.mul_f64(self.level.refresh_at),
         };
-        let value = match self.keys.seal(&names.token, &entry) {
+        let value = match self.level.keys.seal(&names.token, &entry) {
             Ok(value) => value,
             Err(_) => {
                 tracing::warn!("could not seal a token for the shared cache (no randomness?)");
@@ -287,14 +296,14 @@ impl Inner {
             }
         };
         let _ = self
-            .round_trip("put", self.store.put(&names.token, value, ttl))
+            .round_trip("put", self.level.store.put(&names.token, value, ttl))
             .await;
     }
 
     /// The safety margin of a token of `lifetime`, as the in-process cache
     /// computes it.
     fn margin(&self, lifetime: Duration) -> Duration {
-        self.safety_margin.min(lifetime / 4)
+        self.level.safety_margin.min(lifetime / 4)
     }
 
     /// One round trip to the store, bounded, in its own span; failures are
@@ -305,7 +314,7 @@ impl Inner {
         call: impl Future<Output = Result<T, BoxError>>,
     ) -> Result<T, StoreFailed> {
         let span = tracing::debug_span!("propel.shared_cache", op, outcome = tracing::field::Empty);
-        let result = tokio::time::timeout(self.store_timeout, call)
+        let result = tokio::time::timeout(self.level.store_timeout, call)
             .instrument(span.clone())
             .await;
         match result {
@@ -322,7 +331,7 @@ impl Inner {
                 span.record("outcome", "timeout");
                 tracing::warn!(
                     parent: &span,
-                    timeout_ms = self.store_timeout.as_millis() as u64,
+                    timeout_ms = self.level.store_timeout.as_millis() as u64,
                     "the shared cache did not answer in time"
                 );
                 Err(StoreFailed)

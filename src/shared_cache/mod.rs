@@ -89,7 +89,6 @@ use futures_util::future::BoxFuture;
 use tower::BoxError;
 
 use crate::error::ConfigError;
-use crate::stats::Counters;
 use crate::token::cache::SecondLevel;
 use crate::{Credentials, Settings};
 
@@ -266,16 +265,14 @@ impl SharedCache {
         credentials: &Credentials,
         token_url: &str,
         settings: &Settings,
-        counters: &Arc<Counters>,
-    ) -> Result<Arc<dyn SecondLevel>, ConfigError> {
+    ) -> Result<Box<dyn SecondLevel>, ConfigError> {
         self.settings.validate()?;
-        Ok(Arc::new(fetch::StoreLevel::new(
+        Ok(Box::new(fetch::StoreLevel::new(
             Arc::clone(&self.store),
             seal::Keys::derive(credentials.application_id(), credentials.secret()),
             token_url.to_owned(),
             self.settings.clone(),
             settings,
-            Arc::clone(counters),
         )))
     }
 }

@@ -188,31 +188,29 @@ impl TokenSource for Source {
 struct Process {
     level: StoreLevel,
     source: Arc<Source>,
-    counters: Arc<Counters>,
+    counters: Counters,
 }
 
 impl Process {
     fn new(store: &Arc<MemoryStore>, source: Arc<Source>) -> Self {
-        let counters = Arc::<Counters>::default();
         let level = StoreLevel::new(
             Arc::new(Shared(Arc::clone(store))),
             keys(),
             TOKEN_URL.to_owned(),
             SharedCacheSettings::default(),
             &Settings::default(),
-            Arc::clone(&counters),
         );
         Self {
             level,
             source,
-            counters,
+            counters: Counters::default(),
         }
     }
 
     async fn fetch(&self, previous: Option<&AccessToken>) -> Result<AccessToken, TokenError> {
-        let source: Arc<dyn TokenSource> = self.source.clone();
+        let params = TokenParams::tenant("acme");
         self.level
-            .fetch(source, TokenParams::tenant("acme"), previous.cloned())
+            .fetch(&*self.source, &params, previous, &self.counters)
             .await
     }
 

@@ -6,6 +6,7 @@ use secrecy::SecretString;
 
 use super::jwt;
 use crate::error::{TokenError, TokenErrorKind};
+use crate::Credentials;
 
 /// The shortest lifetime a token is given, whatever the Token API said: a
 /// server answering `expires_in: 0` must not cause a refresh storm.
@@ -100,6 +101,21 @@ impl AccessToken {
         let mut restored = Self::build(token, lifetime.clamp(MIN_LIFETIME, MAX_LIFETIME))?;
         restored.expires_at = expires_at.min(SystemTime::now() + MAX_LIFETIME);
         Ok(restored)
+    }
+
+    /// The Application's Basic credentials in the shape of a token, for the
+    /// one entry of a Basic layer's cache: the header `Basic …`, and as its
+    /// secret what the header carries, to remove by value from what servers
+    /// say. It never expires; a Basic cache never hands it out as a token.
+    pub(crate) fn application(credentials: &Credentials) -> Self {
+        let header = credentials.basic_header();
+        let carried = header.as_bytes()["Basic ".len()..].to_vec();
+        Self {
+            token: SecretString::from(String::from_utf8(carried).expect("base64 is ASCII")),
+            header,
+            expires_at: SystemTime::now() + MAX_LIFETIME,
+            lifetime: MAX_LIFETIME,
+        }
     }
 
     fn build(token: String, lifetime: Duration) -> Result<Self, TokenError> {

@@ -1,9 +1,14 @@
-//! One token cache: the token of one parameter set, the deadlines it carries,
-//! and the single flight that renews it.
+//! One token cache: the credential of one parameter set, the deadlines it
+//! carries, and the single flight that renews it.
 //!
-//! - **Deadlines are data.** A cached token carries its stale point and the
-//!   time its next background refresh may start, as wall-clock times; every
-//!   read compares them with the [`Clock`]. The first reader past the refresh
+//! - **One model for every credential.** A Basic layer's cache is seeded
+//!   with the Application's credentials (never stale), a bearer layer's with
+//!   its token (stale at its expiry); neither is renewed. A token layer's
+//!   caches are renewed by a [`TokenSource`]. Requests read all of them the
+//!   same way: [`Supply`] says where the credential comes from.
+//! - **Deadlines are data.** An entry carries its stale point and the time
+//!   its next background refresh may start, as wall-clock times; every read
+//!   compares them with the [`Clock`]. The first reader past the refresh
 //!   point starts the one fetch and goes on with the current token; a reader
 //!   past the stale point waits for a new one. No task sleeps until a
 //!   deadline, so a runtime that was not driven for a while, or a host that
@@ -11,63 +16,85 @@
 //! - **Single flight.** At most one token request is in flight per cache. It
 //!   runs in a task of its own, under the fetch timeout, which exists only
 //!   while the request is in flight: dropping any waiter (the one that
-//!   started it included) cancels nothing, and the waiters share its result.
+//!   started it included) cancels nothing. Its result lands on the cache's
+//!   one channel, where every waiter of that flight (or of a later one) reads
+//!   it.
 //! - **Failures are data too.** A failed background refresh keeps the current
 //!   token and moves the refresh point to the end of a backoff; the first
 //!   reader after it tries again. A failure with no usable token goes to
-//!   every waiter of that fetch and starts a cool-down, during which new
-//!   requests get the same error at once. The cool-down also paces the token
-//!   drops that 401s cause: one per cool-down.
+//!   every waiter of that fetch and starts a cool-down ([`Phase::Failed`]),
+//!   during which new requests get the same error at once.
 
-use std::collections::hash_map::RandomState;
 use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use futures_util::future::{BoxFuture, FutureExt, Shared};
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt as _;
 use http::HeaderValue;
-use std::time::Duration;
-use tokio::sync::oneshot;
+use secrecy::SecretString;
+use tokio::sync::watch;
 use tracing::Instrument as _;
 
 use super::clock::{Clock, Time};
 use super::{AccessToken, Settings, TokenParams, TokenSource};
-use crate::error::{TokenError, TokenErrorKind};
+use crate::error::{TokenError, TokenErrorDetails, TokenErrorKind, UnauthorizedReason};
 use crate::stats::Counters;
+
+/// Where a cache's credential comes from.
+pub(crate) enum Supply {
+    /// The Application's ID and secret, as Basic credentials: seeded, never
+    /// stale, never renewed.
+    Application,
+    /// A token minted elsewhere: seeded, stale at its expiry, never renewed.
+    Given,
+    /// Tokens from a source, renewed ahead of their expiry.
+    Minted(Arc<dyn TokenSource>),
+}
 
 /// What every cache of one layer shares.
 pub(crate) struct CacheConfig {
-    pub(crate) source: Arc<dyn TokenSource>,
+    pub(crate) supply: Supply,
     pub(crate) settings: Settings,
     pub(crate) clock: Clock,
-    pub(crate) counters: Arc<Counters>,
+    /// The layer's counters: this is their one owner.
+    pub(crate) counters: Counters,
     /// The Application secret, to remove by value from what servers say.
-    pub(crate) secret: Option<secrecy::SecretString>,
-    /// Keep a copy of each request to send again after a 401.
-    pub(crate) replay: bool,
-    /// Whether a rejected token can be replaced by another (not a bearer token's).
-    pub(crate) renewable: bool,
+    pub(crate) secret: Option<SecretString>,
     /// Where a fetch looks first: a store the processes of a fleet share.
-    pub(crate) second_level: Option<Arc<dyn SecondLevel>>,
+    pub(crate) second_level: Option<Box<dyn SecondLevel>>,
 }
 
-/// A second-level cache (feature `redis`): consulted only where this cache
-/// would fetch, so the hot path never sees it.
+impl CacheConfig {
+    /// The configuration of a seeded cache: nothing to renew, nothing to tune.
+    pub(crate) fn seeded(supply: Supply, clock: Clock) -> Self {
+        Self {
+            supply,
+            settings: Settings::default(),
+            clock,
+            counters: Counters::default(),
+            secret: None,
+            second_level: None,
+        }
+    }
+}
+
+/// A second-level cache (feature `shared-cache`): consulted only where this
+/// cache would fetch, so the hot path never sees it.
 pub(crate) trait SecondLevel: Send + Sync {
     /// A token for `params`: from the shared store, or from `source` (and
     /// then shared). `previous` is the token this cache had last: the fetch
     /// wants another one, so the store's copy of it is no hit. It bumps
     /// `token_requests` for each call of `source` it makes.
-    fn fetch(
-        &self,
-        source: Arc<dyn TokenSource>,
-        params: TokenParams,
-        previous: Option<AccessToken>,
-    ) -> BoxFuture<'static, Result<AccessToken, TokenError>>;
+    fn fetch<'a>(
+        &'a self,
+        source: &'a dyn TokenSource,
+        params: &'a TokenParams,
+        previous: Option<&'a AccessToken>,
+        counters: &'a Counters,
+    ) -> BoxFuture<'a, Result<AccessToken, TokenError>>;
 }
 
 /// A 401 on a token fetched to replace one a 401 rejected, this soon after
@@ -79,32 +106,51 @@ const SECOND_401_WINDOW: Duration = Duration::from_secs(60);
 /// every request to fetch again.
 const MIN_USABLE: Duration = Duration::from_millis(50);
 
-/// A token in the cache, with its deadlines.
-pub(crate) struct CachedToken {
-    /// Tells this token from its successors, for [`TokenCache::invalidate`].
+/// How much longer than the fetch timeout a waiter waits for a flight: the
+/// flight's own timeout, on the runtime that runs it, answers first.
+const WAITER_GRACE: Duration = Duration::from_millis(250);
+
+/// A credential in the cache, with its deadlines.
+pub(crate) struct Entry {
+    /// Tells this entry from its successors, for [`TokenCache::invalidate`].
     pub(crate) generation: u64,
+    /// The header and, as its secret, what the header carries.
     pub(crate) token: AccessToken,
     arrived_at: Time,
     /// It was fetched because a 401 rejected the one before.
     replaces_rejected: bool,
-    /// From here on the token is not sent: it is too close to its expiry.
+    /// From here on it is not sent: it is too close to its expiry.
     stale_at: Time,
     /// From here on a reader starts a background refresh: the refresh point,
     /// after a failed refresh the end of its backoff, [`Time::NEVER`] while a
-    /// refresh is in flight or when none would help.
+    /// refresh is in flight or when none would help. Written under the lock.
     refresh_from: AtomicU64,
+    /// Background refreshes of this entry that failed in a row, for the backoff.
+    failed_refreshes: AtomicU32,
 }
 
-impl CachedToken {
-    /// `Authorization: Bearer …`, marked sensitive.
+impl Entry {
+    fn new(generation: u64, token: AccessToken, now: Time, deadlines: Deadlines) -> Self {
+        Self {
+            generation,
+            token,
+            arrived_at: now,
+            replaces_rejected: false,
+            stale_at: deadlines.stale_at,
+            refresh_from: AtomicU64::new(deadlines.refresh_at.0),
+            failed_refreshes: AtomicU32::new(0),
+        }
+    }
+
+    /// The pre-built `Authorization` value, marked sensitive.
     #[inline]
     pub(crate) fn header(&self) -> &HeaderValue {
         self.token.header()
     }
 
-    /// Whether the token may be sent at `now`.
+    /// Whether it may be sent at `now`.
     #[inline]
-    pub(crate) fn is_usable(&self, now: Time) -> bool {
+    fn is_usable(&self, now: Time) -> bool {
         now < self.stale_at
     }
 
@@ -125,69 +171,65 @@ pub(crate) struct TokenCache {
 }
 
 struct CacheInner {
-    current: ArcSwapOption<CachedToken>,
+    current: ArcSwapOption<Entry>,
     slow: Mutex<Slow>,
+    /// The outcome of the latest flight that ended; waiters of a flight read
+    /// the first outcome of that flight or a later one.
+    landed: watch::Sender<Option<Landed>>,
     params: TokenParams,
     config: Arc<CacheConfig>,
 }
 
 /// What only the slow path touches, behind a plain mutex.
-#[derive(Default)]
 struct Slow {
-    flight: Option<InFlight>,
-    /// Numbers flights and tokens.
+    phase: Phase,
+    /// Numbers flights and entries.
     counter: u64,
-    /// Until then a failure's waiters' error is handed to new requests, and
-    /// a 401 does not drop another token.
-    cooldown_until: Option<Time>,
-    failure: Option<TokenError>,
-    /// Background refreshes that failed in a row, for the backoff.
-    failed_refreshes: u32,
-    /// The token a 401 dropped, until the next one is published: what the
-    /// next fetch replaces.
-    dropped: Option<Arc<CachedToken>>,
+    /// The entry the current one replaced, or the one a 401 dropped while
+    /// none is current: what a late answer on it must not quote, and what
+    /// the next fetch replaces.
+    previous: Option<Arc<Entry>>,
+    /// When a 401 last dropped a token: the next drop waits a cool-down.
+    last_drop: Option<Time>,
 }
 
-struct InFlight {
-    id: u64,
-    started: Time,
-    outcome: Flight,
-    /// Told when a newer flight replaces this one (see `live_flight`), so
-    /// that its waiters join that one.
-    superseded: oneshot::Sender<()>,
-    superseded_rx: Shared<oneshot::Receiver<()>>,
+/// What the cache is doing about its next token.
+enum Phase {
+    Idle,
+    Fetching {
+        flight: u64,
+        started: Time,
+    },
+    /// The last fetch failed and no token is usable: until `until`, requests
+    /// get `error` at once instead of asking again.
+    Failed {
+        until: Time,
+        error: TokenError,
+    },
 }
 
-pub(crate) type Flight = Shared<oneshot::Receiver<Outcome>>;
-
-/// A flight decided under the lock, spawned after it is released: a runtime
-/// that is shutting down drops the task at once, and the guard's `Drop`
-/// takes the lock.
-struct Spawn {
-    runtime: tokio::runtime::Handle,
-    guard: FlightGuard,
-    previous: Option<AccessToken>,
+/// A flight's outcome.
+struct Landed {
+    flight: u64,
+    outcome: Result<Arc<Entry>, TokenError>,
 }
 
-impl Spawn {
-    fn spawn(self) {
-        self.runtime.spawn(self.guard.run(self.previous));
-    }
-}
-
-/// A fetch's result, shared by all its waiters.
-pub(crate) struct Outcome(Result<Arc<CachedToken>, TokenError>);
-
-impl Clone for Outcome {
-    fn clone(&self) -> Self {
-        Outcome(match &self.0 {
-            Ok(token) => Ok(Arc::clone(token)),
+impl Landed {
+    fn outcome(&self) -> Result<Arc<Entry>, TokenError> {
+        match &self.outcome {
+            Ok(entry) => Ok(Arc::clone(entry)),
             Err(err) => Err(err.share()),
-        })
+        }
     }
 }
 
-/// What [`TokenCache::invalidate`] did with a token a 401 rejected.
+/// What a request needs to wait for, decided under the lock.
+enum Join {
+    Ready(Result<Arc<Entry>, TokenError>),
+    Flight { flight: u64, lost_at: Time },
+}
+
+/// What [`TokenCache::invalidate`] did with a credential a 401 rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Invalidated {
     /// It was dropped; the next request fetches a new one.
@@ -201,42 +243,76 @@ pub(crate) enum Invalidated {
     /// kept, so that a server rejecting every token cannot cause a refresh
     /// storm.
     Throttled,
-}
-
-impl Invalidated {
-    /// Whether sending the request again may succeed: it will carry another token.
-    pub(crate) fn may_cure(self) -> bool {
-        matches!(self, Invalidated::Dropped | Invalidated::AlreadyReplaced)
-    }
+    /// Seeded credentials: there is nothing to renew them with.
+    Kept,
 }
 
 impl TokenCache {
+    /// An empty cache that fetches its first token when asked.
     pub(crate) fn new(params: TokenParams, config: Arc<CacheConfig>) -> Self {
+        Self::with_current(params, config, None)
+    }
+
+    /// A cache seeded with `token`: never renewed. It goes stale a safety
+    /// margin before `token` expires, or never when `expires` is false.
+    pub(crate) fn seeded(config: Arc<CacheConfig>, token: AccessToken, expires: bool) -> Self {
+        let now = config.clock.now();
+        let deadlines = match expires {
+            false => Deadlines {
+                refresh_at: Time::NEVER,
+                stale_at: Time::NEVER,
+            },
+            // One already inside its margin is stale at once: requests get
+            // `Expired`, the same error as when it goes stale later.
+            true => Deadlines {
+                refresh_at: Time::NEVER,
+                ..deadlines(&config.settings, &token, now).unwrap_or(Deadlines {
+                    refresh_at: now,
+                    stale_at: now,
+                })
+            },
+        };
+        let entry = Entry::new(1, token, now, deadlines);
+        Self::with_current(TokenParams::default(), config, Some(Arc::new(entry)))
+    }
+
+    fn with_current(
+        params: TokenParams,
+        config: Arc<CacheConfig>,
+        current: Option<Arc<Entry>>,
+    ) -> Self {
+        let counter = current.as_ref().map_or(0, |entry| entry.generation);
         Self {
             inner: Arc::new(CacheInner {
-                current: ArcSwapOption::empty(),
-                slow: Mutex::default(),
+                current: ArcSwapOption::new(current),
+                slow: Mutex::new(Slow {
+                    phase: Phase::Idle,
+                    counter,
+                    previous: None,
+                    last_drop: None,
+                }),
+                landed: watch::Sender::new(None),
                 params,
                 config,
             }),
         }
     }
 
-    /// The current token's header and generation if it may be sent now;
-    /// starts the background refresh when one is due. The hot path.
+    /// `entry`'s header and generation if it may be sent now; starts the
+    /// background refresh when one is due. The hot path.
     #[inline]
-    pub(crate) fn check(&self, token: &CachedToken) -> Option<(HeaderValue, u64)> {
+    pub(crate) fn check(&self, entry: &Entry) -> Option<(HeaderValue, u64)> {
         let now = self.inner.config.clock.now();
-        if !token.is_usable(now) {
+        if !entry.is_usable(now) {
             return None;
         }
-        if token.refresh_is_due(now) {
-            self.inner.refresh_ahead(token, now);
+        if entry.refresh_is_due(now) {
+            self.inner.refresh_ahead(entry, now);
         }
-        Some((token.header().clone(), token.generation))
+        Some((entry.header().clone(), entry.generation))
     }
 
-    /// [`check`](Self::check) on the current token, if any.
+    /// [`check`](Self::check) on the current entry, if any.
     #[inline]
     pub(crate) fn cached(&self) -> Option<(HeaderValue, u64)> {
         self.check(self.inner.current.load().as_deref()?)
@@ -246,52 +322,53 @@ impl TokenCache {
         &self.inner.config
     }
 
-    /// The current token as stored, for [`arc_swap::Cache`].
-    pub(crate) fn current_slot(&self) -> &ArcSwapOption<CachedToken> {
+    pub(crate) fn config_arc(&self) -> &Arc<CacheConfig> {
+        &self.inner.config
+    }
+
+    /// The current entry as stored, for [`arc_swap::Cache`].
+    pub(crate) fn current_slot(&self) -> &ArcSwapOption<Entry> {
         &self.inner.current
     }
 
-    /// A token that may be sent now: the cached one, the one in flight, or
-    /// one fetched now; during a cool-down, the error that started it.
-    pub(crate) fn wait(&self) -> TokenWait {
-        self.join(true)
+    #[cfg(test)]
+    pub(crate) fn current(&self) -> Option<Arc<Entry>> {
+        self.inner.current.load_full()
     }
 
-    /// [`wait`](Self::wait), counting the request as one that waited or not.
-    fn join(&self, count: bool) -> TokenWait {
-        let inner = &self.inner;
-        let now = inner.config.clock.now();
-        let mut slow = inner.lock_slow();
-        if let Some(token) = inner.usable(now) {
-            return TokenWait::ready(Ok(token));
-        }
-        let (flight, superseded) = match inner.live_flight(&slow, now) {
-            Some(flight) => (flight.outcome.clone(), flight.superseded_rx.clone()),
-            None => {
-                if let (Some(until), Some(failure)) = (slow.cooldown_until, &slow.failure) {
-                    if now < until {
-                        return TokenWait::ready(Err(failure.share()));
-                    }
-                }
-                match inner.start_flight(&mut slow, now) {
-                    Ok(spawn) => {
-                        let flight = slow.flight.as_ref().expect("just recorded");
-                        let joined = (flight.outcome.clone(), flight.superseded_rx.clone());
-                        drop(slow);
-                        spawn.spawn();
-                        joined
-                    }
-                    Err(err) => return TokenWait::ready(Err(err)),
-                }
+    /// An entry that may be sent now: the cached one, the one in flight, or
+    /// one fetched now; during a cool-down, the error that started it. A
+    /// flight that has not answered by the fetch timeout (its runtime is not
+    /// being driven) is given up with a `Timeout`.
+    pub(crate) fn wait(&self) -> impl Future<Output = Result<Arc<Entry>, TokenError>> + 'static {
+        let cache = self.clone();
+        async move {
+            let now = cache.inner.config.clock.now();
+            let (flight, lost_at) = match cache.inner.join(now) {
+                Join::Ready(result) => return result,
+                Join::Flight { flight, lost_at } => (flight, lost_at),
+            };
+            Counters::bump(&cache.inner.config.counters.waited_for_token);
+            let mut landed = cache.inner.landed.subscribe();
+            let landing =
+                landed.wait_for(|landed| landed.as_ref().is_some_and(|l| l.flight >= flight));
+            // A timer needs a runtime; a waiter polled elsewhere waits for
+            // the flight, or a later one, to land.
+            let bound = lost_at.since(now) + WAITER_GRACE;
+            let landed = match tokio::runtime::Handle::try_current() {
+                Ok(_) => tokio::time::timeout(bound, landing).await.ok(),
+                Err(_) => Some(landing.await),
+            };
+            match landed {
+                Some(Ok(landed)) => landed.as_ref().expect("waited for Some").outcome(),
+                // The cache, which this future holds, holds the sender.
+                Some(Err(_closed)) => Err(abandoned()),
+                None => Err(TokenErrorDetails::new(TokenErrorKind::Timeout)
+                    .with_description(
+                        "the token request in flight did not answer within the fetch timeout",
+                    )
+                    .into()),
             }
-        };
-        if count {
-            Counters::bump(&inner.config.counters.waited_for_token);
-        }
-        TokenWait::Flight {
-            flight,
-            superseded: Some(superseded),
-            cache: self.clone(),
         }
     }
 
@@ -305,59 +382,44 @@ impl TokenCache {
         Ok(self.wait().await?.token.clone())
     }
 
-    #[cfg(test)]
-    pub(crate) fn current(&self) -> Option<Arc<CachedToken>> {
-        self.inner.current.load_full()
+    /// The current entry and the one before it: what a 401 or 403's message
+    /// must not show, whichever of them the request carried (the server may
+    /// quote one it was sent earlier). Taken before a 401 drops one.
+    pub(crate) fn recent(&self) -> [Option<Arc<Entry>>; 2] {
+        let current = self.inner.current.load_full();
+        [current, self.inner.lock_slow().previous.clone()]
     }
 
-    /// The current token, if it is the one of `generation`.
-    pub(crate) fn current_of(&self, generation: u64) -> Option<Arc<CachedToken>> {
-        self.inner
-            .current
-            .load_full()
-            .filter(|token| token.generation == generation)
-    }
-
-    /// The token of `generation`, current or the one a 401 dropped last:
-    /// what a 401 or 403's message must not show.
-    pub(crate) fn token_of(&self, generation: u64) -> Option<Arc<CachedToken>> {
-        self.current_of(generation).or_else(|| {
-            self.inner
-                .lock_slow()
-                .dropped
-                .clone()
-                .filter(|token| token.generation == generation)
-        })
-    }
-
-    /// Drops the token of `generation` after a 401, if it is still current
-    /// and no other 401 dropped one less than a cool-down ago.
+    /// After a 401: drops the entry of `generation` if it is still current,
+    /// it can be renewed, and no other 401 dropped one less than a cool-down
+    /// ago; then starts fetching the next token, so the retry finds it on
+    /// its way.
     pub(crate) fn invalidate(&self, generation: u64) -> Invalidated {
         let inner = &self.inner;
-        let Some(rejected) = self.current_of(generation) else {
-            return Invalidated::AlreadyReplaced;
-        };
+        if !matches!(inner.config.supply, Supply::Minted(_)) {
+            return Invalidated::Kept;
+        }
         let now = inner.config.clock.now();
         let mut slow = inner.lock_slow();
-        if slow.cooldown_until.is_some_and(|until| now < until) {
+        let Some(rejected) = inner.current.load_full() else {
+            return Invalidated::AlreadyReplaced;
+        };
+        if rejected.generation != generation {
+            return Invalidated::AlreadyReplaced;
+        }
+        let cooldown = inner.config.settings.cooldown;
+        if slow.last_drop.is_some_and(|at| now < at + cooldown) {
             tracing::debug!("a 401 within the cool-down of the last one; keeping the token");
             return Invalidated::Throttled;
         }
-        let previous = inner.current.compare_and_swap(&rejected, None);
-        if !previous
-            .as_ref()
-            .is_some_and(|previous| Arc::ptr_eq(previous, &rejected))
-        {
-            return Invalidated::AlreadyReplaced;
-        }
+        // Publishing happens under this lock too: the entry is still current.
+        inner.current.store(None);
         let again = rejected.replaces_rejected && now < rejected.arrived_at + SECOND_401_WINDOW;
-        slow.dropped = Some(rejected);
+        slow.previous = Some(rejected);
+        slow.last_drop = Some(now);
         Counters::bump(&inner.config.counters.tokens_rejected);
-        slow.cooldown_until = Some(now + inner.config.settings.cooldown);
-        slow.failure = None;
         tracing::info!("Propel rejected the cached access token with 401; fetching a new one");
-        // Fetch the next token now, so the retry finds it on its way.
-        if inner.live_flight(&slow, now).is_none() {
+        if !inner.is_fetching(&slow, now) {
             match inner.start_flight(&mut slow, now) {
                 Ok(spawn) => {
                     drop(slow);
@@ -374,6 +436,17 @@ impl TokenCache {
             Invalidated::Dropped
         }
     }
+
+    /// What a 401 on this cache's entry of `generation` means for the next attempt.
+    pub(crate) fn unauthorized(&self, generation: u64) -> UnauthorizedReason {
+        match (&self.inner.config.supply, self.invalidate(generation)) {
+            (Supply::Application, _) => UnauthorizedReason::ApplicationCredentials,
+            (Supply::Given, _) | (_, Invalidated::Kept) => UnauthorizedReason::GivenToken,
+            (_, Invalidated::Dropped | Invalidated::AlreadyReplaced) => UnauthorizedReason::Curable,
+            (_, Invalidated::DroppedAgain) => UnauthorizedReason::FreshTokenRejected,
+            (_, Invalidated::Throttled) => UnauthorizedReason::Throttled,
+        }
+    }
 }
 
 impl CacheInner {
@@ -385,92 +458,111 @@ impl CacheInner {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn usable(&self, now: Time) -> Option<Arc<CachedToken>> {
+    fn usable(&self, now: Time) -> Option<Arc<Entry>> {
         self.current
             .load_full()
-            .filter(|token| token.is_usable(now))
+            .filter(|entry| entry.is_usable(now))
     }
 
-    /// Starts the background refresh of `token`, unless it was replaced, a
+    /// What a request without a usable entry does: take one that became
+    /// usable, join the flight in progress, fail fast during a cool-down,
+    /// or start a flight.
+    fn join(self: &Arc<Self>, now: Time) -> Join {
+        let mut slow = self.lock_slow();
+        if let Some(entry) = self.usable(now) {
+            return Join::Ready(Ok(entry));
+        }
+        let timeout = self.config.settings.fetch_timeout;
+        match &slow.phase {
+            Phase::Fetching { flight, started } if now < *started + timeout => {
+                return Join::Flight {
+                    flight: *flight,
+                    lost_at: *started + timeout,
+                }
+            }
+            Phase::Failed { until, error } if now < *until => {
+                return Join::Ready(Err(error.share()))
+            }
+            _ => {}
+        }
+        if !matches!(self.config.supply, Supply::Minted(_)) {
+            return Join::Ready(Err(TokenError::new(TokenErrorKind::Expired)));
+        }
+        match self.start_flight(&mut slow, now) {
+            Ok(spawn) => {
+                let flight = slow.counter;
+                drop(slow);
+                spawn.spawn();
+                Join::Flight {
+                    flight,
+                    lost_at: now + timeout,
+                }
+            }
+            Err(err) => Join::Ready(Err(err)),
+        }
+    }
+
+    /// Whether a flight is in progress and younger than the fetch timeout: a
+    /// flight that old is lost (its runtime is not being driven, or the host
+    /// slept). The next reader's flight replaces it; its waiters read that
+    /// flight's outcome, or give up at their own bound. Like every deadline
+    /// here, the age is checked on read: nothing sleeps until it.
+    fn is_fetching(&self, slow: &Slow, now: Time) -> bool {
+        let timeout = self.config.settings.fetch_timeout;
+        matches!(slow.phase, Phase::Fetching { started, .. } if now < started + timeout)
+    }
+
+    /// Starts the background refresh of `entry`, unless it was replaced, a
     /// fetch is in flight, or another reader started it first.
     #[cold]
-    fn refresh_ahead(self: &Arc<Self>, token: &CachedToken, now: Time) {
+    fn refresh_ahead(self: &Arc<Self>, entry: &Entry, now: Time) {
         let mut slow = self.lock_slow();
         let still_current = self
             .current
             .load()
             .as_deref()
-            .is_some_and(|current| std::ptr::eq(current, token));
-        if !still_current || self.live_flight(&slow, now).is_some() || !token.refresh_is_due(now) {
+            .is_some_and(|current| std::ptr::eq(current, entry));
+        if !still_current || self.is_fetching(&slow, now) || !entry.refresh_is_due(now) {
             return;
         }
         tracing::debug!("access token due for refresh; fetching the next one in the background");
         match self.start_flight(&mut slow, now) {
             Ok(spawn) => {
-                token.refresh_from(Time::NEVER);
+                entry.refresh_from(Time::NEVER);
                 drop(slow);
                 spawn.spawn();
             }
             Err(err) => {
                 // Not on a runtime: a reader that is tries after a while.
-                token.refresh_from(now + self.config.settings.backoff_base);
+                entry.refresh_from(now + self.config.settings.backoff_base);
                 tracing::warn!(error = %err, "could not start a background token refresh");
             }
         }
     }
 
-    /// The flight in progress, unless it started longer than the fetch
-    /// timeout ago: a flight that old is lost (its runtime is not being
-    /// driven, or the host slept), and waiting on it would only end in its
-    /// timeout. The next reader's flight replaces it and its waiters move to
-    /// that one; the one case where two token requests of one cache may
-    /// overlap, briefly. Like every deadline here, the age is checked on
-    /// read: nothing sleeps until it.
-    fn live_flight<'s>(&self, slow: &'s Slow, now: Time) -> Option<&'s InFlight> {
-        let timeout = self.config.settings.fetch_timeout;
-        slow.flight
-            .as_ref()
-            .filter(|flight| now < flight.started + timeout)
-    }
-
     /// Records a new flight; the caller spawns its task once the lock is
-    /// released.
+    /// released (a runtime that is shutting down drops the task at once, and
+    /// the guard's `Drop` takes the lock).
     fn start_flight(self: &Arc<Self>, slow: &mut Slow, now: Time) -> Result<Spawn, TokenError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            TokenError::from_source(
+            TokenError::permanent(
                 "a token fetch needs a tokio runtime (with its timer enabled), and none is running on this thread",
-                false,
             )
         })?;
         slow.counter += 1;
-        let id = slow.counter;
-        let (tx, rx) = oneshot::channel();
-        let previous = self
-            .current
-            .load_full()
-            .or_else(|| slow.dropped.clone())
-            .map(|token| token.token.clone());
-        let (superseded, superseded_rx) = oneshot::channel();
-        let lost = slow.flight.replace(InFlight {
-            id,
+        slow.phase = Phase::Fetching {
+            flight: slow.counter,
             started: now,
-            outcome: rx.shared(),
-            superseded,
-            superseded_rx: superseded_rx.shared(),
-        });
-        if let Some(lost) = lost {
-            // Its waiters move on to this one.
-            let _ = lost.superseded.send(());
-        }
-        let guard = FlightGuard {
-            cache: Arc::clone(self),
-            id,
-            tx: Some(tx),
         };
+        let previous = self.current.load_full().or_else(|| slow.previous.clone());
         Ok(Spawn {
             runtime,
-            guard,
-            previous,
+            guard: FlightGuard {
+                cache: Arc::clone(self),
+                flight: slow.counter,
+                ended: false,
+            },
+            previous: previous.map(|entry| entry.token.clone()),
         })
     }
 
@@ -478,6 +570,9 @@ impl CacheInner {
     /// fetch timeout, in its tracing span.
     async fn fetch(&self, previous: Option<AccessToken>) -> Result<AccessToken, TokenError> {
         let config = &self.config;
+        let Supply::Minted(source) = &config.supply else {
+            unreachable!("only renewable caches start flights")
+        };
         let span = tracing::info_span!(
             "propel.token_request",
             background = self.current.load().is_some(),
@@ -486,12 +581,12 @@ impl CacheInner {
         let started = std::time::Instant::now();
         let fetch = match &config.second_level {
             // It counts the token requests it makes: a token from the store is none.
-            Some(second_level) => {
-                second_level.fetch(Arc::clone(&config.source), self.params.clone(), previous)
+            Some(second) => {
+                second.fetch(&**source, &self.params, previous.as_ref(), &config.counters)
             }
             None => {
                 Counters::bump(&config.counters.token_requests);
-                config.source.fetch_token(&self.params)
+                source.fetch_token(&self.params)
             }
         };
         let result = tokio::time::timeout(config.settings.fetch_timeout, fetch)
@@ -513,60 +608,75 @@ impl CacheInner {
         result
     }
 
-    /// Ends flight `id` with its result: publishes the token, or records
-    /// the failure as a backoff on the current token or as a cool-down. In
-    /// one critical section, so a request that rejects the new token at once
-    /// (a 401) starts a new flight instead of joining this one. A flight
-    /// that a newer one replaced (see `live_flight`) only answers its own
-    /// waiters, and publishes its token only if the cache has none usable.
-    fn finish(&self, id: u64, result: Result<AccessToken, TokenError>) -> Outcome {
+    /// Ends `flight` with its result: publishes the token, or records the
+    /// failure as a backoff on the current token or as a cool-down; then
+    /// lands the outcome for its waiters. In one critical section, so a
+    /// request that rejects the new token at once (a 401) starts a new flight
+    /// instead of joining this one. A flight that a newer one replaced
+    /// answers its own waiters, and publishes its token only if the cache has
+    /// none usable.
+    fn finish(&self, flight: u64, result: Result<AccessToken, TokenError>) {
         let now = self.config.clock.now();
         let mut slow = self.lock_slow();
-        let current_flight = slow.flight.as_ref().is_some_and(|flight| flight.id == id);
+        let current_flight = matches!(slow.phase, Phase::Fetching { flight: f, .. } if f == flight);
         if current_flight {
-            slow.flight = None;
+            slow.phase = Phase::Idle;
         }
-        let result = result.and_then(|token| self.deadlines(token, now));
-        match result {
+        let result = result.and_then(|token| {
+            let deadlines = deadlines(&self.config.settings, &token, now)?;
+            Ok((token, deadlines))
+        });
+        let outcome = match result {
             Ok((token, deadlines)) => {
                 slow.counter += 1;
-                let cached = Arc::new(CachedToken {
-                    generation: slow.counter,
-                    token,
-                    arrived_at: now,
-                    replaces_rejected: slow.dropped.is_some(),
-                    stale_at: deadlines.stale_at,
-                    refresh_from: AtomicU64::new(deadlines.refresh_at.0),
+                let current = self.current.load_full();
+                let entry = Arc::new(Entry {
+                    // Nothing current after an entry was there: a 401 dropped it.
+                    replaces_rejected: current.is_none() && slow.previous.is_some(),
+                    ..Entry::new(slow.counter, token, now, deadlines)
                 });
                 if current_flight || self.usable(now).is_none() {
-                    self.current.store(Some(Arc::clone(&cached)));
-                    slow.dropped = None;
-                    slow.failure = None;
-                    slow.failed_refreshes = 0;
+                    if let Some(replaced) = current {
+                        slow.previous = Some(replaced);
+                    }
+                    self.current.store(Some(Arc::clone(&entry)));
                 }
-                Outcome(Ok(cached))
+                Ok(entry)
             }
             Err(err) => {
                 if current_flight {
                     self.record_failure(&mut slow, &err, now);
                 }
-                Outcome(Err(err))
+                Err(err)
             }
-        }
+        };
+        self.land(flight, outcome);
     }
 
-    /// Ends flight `id`, whose task was dropped with its runtime, leaving
+    /// Ends `flight`, whose task was dropped with its runtime, leaving
     /// everything else as it was.
-    fn abandon(&self, id: u64) -> Outcome {
+    fn abandon(&self, flight: u64) {
         let mut slow = self.lock_slow();
-        if slow.flight.as_ref().is_some_and(|flight| flight.id == id) {
-            slow.flight = None;
+        if matches!(slow.phase, Phase::Fetching { flight: f, .. } if f == flight) {
+            slow.phase = Phase::Idle;
             // A refresh ahead that never ran: the next reader tries again.
             if let Some(current) = self.current.load_full() {
                 current.refresh_from(self.config.clock.now());
             }
         }
-        Outcome(Err(abandoned()))
+        self.land(flight, Err(abandoned()));
+    }
+
+    /// Hands `flight`'s outcome to its waiters; never over a later flight's.
+    /// Called under the lock.
+    fn land(&self, flight: u64, outcome: Result<Arc<Entry>, TokenError>) {
+        self.landed.send_if_modified(|landed| {
+            if landed.as_ref().is_some_and(|landed| landed.flight > flight) {
+                return false;
+            }
+            *landed = Some(Landed { flight, outcome });
+            true
+        });
     }
 
     fn record_failure(&self, slow: &mut Slow, err: &TokenError, now: Time) {
@@ -575,10 +685,8 @@ impl CacheInner {
         match self.usable(now) {
             // A background refresh failed: the current token stays in use.
             Some(current) if err.is_transient() => {
-                slow.failed_refreshes = slow.failed_refreshes.saturating_add(1);
-                let backoff = settings
-                    .backoff(slow.failed_refreshes, random_unit())
-                    .max(retry_after);
+                let failures = current.failed_refreshes.fetch_add(1, Ordering::Relaxed) + 1;
+                let backoff = settings.backoff(failures, random_unit()).max(retry_after);
                 current.refresh_from(now + backoff);
                 tracing::warn!(
                     retry_in_ms = backoff.as_millis() as u64,
@@ -596,34 +704,12 @@ impl CacheInner {
                     cooldown_ms = cooldown.as_millis() as u64,
                     "no usable access token; requests fail fast with this error during the cool-down"
                 );
-                slow.cooldown_until = Some(now + cooldown);
-                slow.failure = Some(err.share());
+                slow.phase = Phase::Failed {
+                    until: now + cooldown,
+                    error: err.share(),
+                };
             }
         }
-    }
-
-    /// When a fresh token goes stale, a safety margin (at most a quarter of
-    /// its lifetime) before it expires, and when it is due for refresh. A
-    /// token already inside that margin is refused: publishing it would only
-    /// send the next request to fetch again.
-    fn deadlines(
-        &self,
-        token: AccessToken,
-        now: Time,
-    ) -> Result<(AccessToken, Deadlines), TokenError> {
-        let settings = &self.config.settings;
-        let margin = settings.safety_margin.min(token.lifetime() / 4);
-        let usable = token.expires_in().saturating_sub(margin);
-        if usable < MIN_USABLE {
-            return Err(TokenError::new(TokenErrorKind::Expired)
-                .with_description("the token expires within the safety margin"));
-        }
-        let fraction = settings.refresh_at - settings.refresh_jitter * random_unit();
-        let deadlines = Deadlines {
-            refresh_at: now + usable.mul_f64(fraction.clamp(0.05, 1.0)),
-            stale_at: now + usable,
-        };
-        Ok((token, deadlines))
     }
 }
 
@@ -634,14 +720,53 @@ struct Deadlines {
     stale_at: Time,
 }
 
+/// A fresh token's deadlines: stale a safety margin (at most a quarter of
+/// its lifetime) before it expires, due for refresh at the configured
+/// fraction of what is left, less jitter. A token already inside that
+/// margin is refused: publishing it would only send the next request to
+/// fetch again.
+fn deadlines(settings: &Settings, token: &AccessToken, now: Time) -> Result<Deadlines, TokenError> {
+    let margin = settings.safety_margin.min(token.lifetime() / 4);
+    let usable = token.expires_in().saturating_sub(margin);
+    if usable < MIN_USABLE {
+        return Err(TokenErrorDetails::new(TokenErrorKind::Expired)
+            .with_description("the token expires within the safety margin")
+            .into());
+    }
+    let fraction = settings.refresh_at - settings.refresh_jitter * random_unit();
+    Ok(Deadlines {
+        refresh_at: now + usable.mul_f64(fraction.clamp(0.05, 1.0)),
+        stale_at: now + usable,
+    })
+}
+
+/// A number in `[0, 1)` from tower's `HasherRng`: enough for jitter.
+fn random_unit() -> f64 {
+    use tower::util::rng::Rng as _;
+    tower::util::rng::HasherRng::default().next_f64()
+}
+
+/// A flight decided under the lock, spawned after it is released.
+struct Spawn {
+    runtime: tokio::runtime::Handle,
+    guard: FlightGuard,
+    previous: Option<AccessToken>,
+}
+
+impl Spawn {
+    fn spawn(self) {
+        self.runtime.spawn(self.guard.run(self.previous));
+    }
+}
+
 /// Owns a flight's task: ends the flight with the fetch's result (a token
 /// source that panics is a failure like any other, cool-down included), or,
 /// should the task be dropped first with its runtime, with a transient
 /// error, so that nobody waits for it and the cache can fetch again.
 struct FlightGuard {
     cache: Arc<CacheInner>,
-    id: u64,
-    tx: Option<oneshot::Sender<Outcome>>,
+    flight: u64,
+    ended: bool,
 }
 
 impl FlightGuard {
@@ -649,23 +774,18 @@ impl FlightGuard {
         let fetch = std::panic::AssertUnwindSafe(self.cache.fetch(previous));
         let result = fetch.catch_unwind().await.unwrap_or_else(|_| {
             tracing::error!("the token source panicked");
-            Err(TokenError::from_source("the token source panicked", false))
+            Err(TokenError::permanent("the token source panicked"))
         });
-        self.end(result);
-    }
-
-    fn end(&mut self, result: Result<AccessToken, TokenError>) {
-        if let Some(tx) = self.tx.take() {
-            let _ = tx.send(self.cache.finish(self.id, result));
-        }
+        self.ended = true;
+        self.cache.finish(self.flight, result);
     }
 }
 
 impl Drop for FlightGuard {
     fn drop(&mut self) {
-        if let Some(tx) = self.tx.take() {
+        if !self.ended {
             tracing::warn!("a token fetch was dropped with its runtime");
-            let _ = tx.send(self.cache.abandon(self.id));
+            self.cache.abandon(self.flight);
         }
     }
 }
@@ -673,72 +793,9 @@ impl Drop for FlightGuard {
 /// The error of a fetch dropped with its runtime before it answered: worth
 /// another try at once (a request on another runtime starts a new fetch).
 fn abandoned() -> TokenError {
-    TokenError::from_source(
+    TokenError::transient(
         "the token fetch was dropped before it answered: the runtime it ran on shut down",
-        true,
     )
-}
-
-/// A number in `[0, 1)`, different on every call; enough for jitter.
-pub(crate) fn random_unit() -> f64 {
-    let mut hasher = RandomState::new().build_hasher();
-    hasher.write_u64(0x9e37_79b9_7f4a_7c15);
-    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
-}
-
-/// Waiting for a token: already decided, or a share of the flight.
-pub(crate) enum TokenWait {
-    Ready(Option<Result<Arc<CachedToken>, TokenError>>),
-    Flight {
-        flight: Flight,
-        /// Resolves when a newer flight replaced this one (it was lost: its
-        /// task is on a runtime nobody drives): ask the cache again.
-        /// `None` once the flight ended without being replaced.
-        superseded: Option<Shared<oneshot::Receiver<()>>>,
-        cache: TokenCache,
-    },
-}
-
-impl TokenWait {
-    fn ready(result: Result<Arc<CachedToken>, TokenError>) -> Self {
-        TokenWait::Ready(Some(result))
-    }
-}
-
-impl Future for TokenWait {
-    type Output = Result<Arc<CachedToken>, TokenError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        loop {
-            match this {
-                TokenWait::Ready(result) => {
-                    return Poll::Ready(result.take().expect("polled after completion"))
-                }
-                TokenWait::Flight {
-                    flight,
-                    superseded,
-                    cache,
-                } => {
-                    if let Poll::Ready(outcome) = flight.poll_unpin(cx) {
-                        // The guard always answers, but a task its runtime
-                        // could not even drop would not.
-                        return Poll::Ready(outcome.map_or_else(|_| Err(abandoned()), |o| o.0));
-                    }
-                    // A flight that ended drops its sender: only a send
-                    // means another flight took over.
-                    match superseded.as_mut().map(|s| s.poll_unpin(cx)) {
-                        Some(Poll::Ready(Ok(()))) => *this = cache.join(false),
-                        Some(Poll::Ready(Err(_))) => {
-                            *superseded = None;
-                            return Poll::Pending;
-                        }
-                        _ => return Poll::Pending,
-                    }
-                }
-            }
-        }
-    }
 }
 
 impl std::fmt::Debug for TokenCache {

@@ -16,8 +16,8 @@ use secrecy::ExposeSecret as _;
 
 use crate::token::clock::TestClock;
 use crate::token::test_source::{
-    layer, layer_with, polls_pending, replaying_layer, request, send, send_concurrently,
-    send_unreplayable, Api, ScriptedSource, Step, HOUR,
+    layer, layer_with, polls_pending, request, retrying, send, send_concurrently, Api,
+    ScriptedSource, Step, HOUR,
 };
 use crate::{
     AccessToken, Error, PropelAuthLayer, Settings, TokenError, TokenErrorKind, TokenParams,
@@ -127,7 +127,7 @@ async fn a_token_is_refreshed_ahead_and_nobody_waits_while_it_is_valid() {
 #[tokio::test(start_paused = true)]
 async fn a_token_past_its_stale_point_is_never_attached_though_no_task_ran() {
     let source = ScriptedSource::tokens(Duration::ZERO, HOUR);
-    let (layer, clock) = layer_with(&source, Settings::default(), false);
+    let (layer, clock) = layer_with(&source, Settings::default());
     let mut service = layer.layer_over(Api::default());
     assert_eq!(send(&service).await.unwrap(), "Bearer token1");
 
@@ -296,7 +296,7 @@ async fn a_token_request_that_never_answers_times_out() {
         fetch_timeout: Duration::from_secs(3),
         ..Settings::default()
     };
-    let (layer, _) = layer_with(&source, settings, false);
+    let (layer, _) = layer_with(&source, settings);
     let service = layer.layer_over(Api::default());
     let started = tokio::time::Instant::now();
     match send(&service).await {
@@ -318,7 +318,7 @@ async fn a_stale_token_is_not_used_and_the_next_request_waits_for_a_new_one() {
         refresh_jitter: 0.0,
         ..Settings::default()
     };
-    let (layer, _) = layer_with(&source, settings, false);
+    let (layer, _) = layer_with(&source, settings);
     let service = layer.layer_over(Api::default());
     assert_eq!(send(&service).await.unwrap(), "Bearer token1");
     tokio::time::sleep(Duration::from_secs(31)).await;
@@ -327,13 +327,13 @@ async fn a_stale_token_is_not_used_and_the_next_request_waits_for_a_new_one() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn fifty_concurrent_401s_on_one_token_cause_one_refresh_and_fifty_replays() {
+async fn fifty_concurrent_401s_on_one_token_cause_one_refresh_and_their_retries_succeed() {
     let source = ScriptedSource::tokens(Duration::from_millis(10), HOUR);
-    let layer = replaying_layer(&source);
+    let layer = layer(&source);
     // The API answers after 5 ms, so all fifty are out with token1 before
     // the first 401 comes back.
     let api = Api::with_latency(Duration::from_millis(5));
-    let service = layer.layer_over(api.clone());
+    let service = retrying(layer.layer_over(api.clone()));
     assert_eq!(send(&service).await.unwrap(), "Bearer token1");
     api.reject("Bearer token1");
 
@@ -341,14 +341,13 @@ async fn fifty_concurrent_401s_on_one_token_cause_one_refresh_and_fifty_replays(
         assert_eq!(result.unwrap(), "Bearer token2");
     }
     assert_eq!(source.calls(), 2, "one refresh for all fifty 401s");
-    assert_eq!(layer.stats().unauthorized_retries, 50);
+    assert_eq!(layer.stats().unauthorized, 50);
     assert_eq!(layer.stats().tokens_rejected, 1);
     assert_eq!(api.calls(), 1 + 50 + 50);
 }
 
 #[tokio::test(start_paused = true)]
-async fn without_replay_a_401_is_a_transient_unauthorized_and_the_next_attempt_gets_a_fresh_token()
-{
+async fn a_401_is_a_transient_unauthorized_and_the_next_attempt_gets_a_fresh_token() {
     let source = ScriptedSource::tokens(Duration::ZERO, HOUR);
     let layer = layer(&source);
     let api = Api::default();
@@ -356,10 +355,7 @@ async fn without_replay_a_401_is_a_transient_unauthorized_and_the_next_attempt_g
     assert_eq!(send(&service).await.unwrap(), "Bearer token1");
     api.reject("Bearer token1");
     match send(&service).await {
-        Err(Error::Unauthorized(err)) => {
-            assert!(err.is_transient(), "a fresh token may cure it");
-            assert!(!err.retried());
-        }
+        Err(Error::Unauthorized(err)) => assert!(err.is_transient(), "a fresh token may cure it"),
         other => panic!("expected Unauthorized, got {other:?}"),
     }
     assert_eq!(api.calls(), 2, "the layer sent no copy of its own");
@@ -387,44 +383,28 @@ async fn a_second_401_within_the_cooldown_is_final() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_layers_own_replay_gets_one_second_chance() {
+async fn behind_a_retry_layer_a_second_401_is_final() {
     let source = ScriptedSource::tokens(Duration::ZERO, HOUR);
-    let layer = replaying_layer(&source);
+    let layer = layer(&source);
     let api = Api::default();
-    let service = layer.layer_over(api.clone());
+    let service = retrying(layer.layer_over(api.clone()));
     api.reject("Bearer token1");
     api.reject("Bearer token2");
     match send(&service).await {
-        Err(Error::Unauthorized(err)) => assert!(err.retried() && !err.is_transient()),
+        Err(Error::Unauthorized(err)) => assert!(!err.is_transient()),
         other => panic!("expected Unauthorized, got {other:?}"),
     }
-    assert_eq!(api.calls(), 2);
+    assert_eq!(api.calls(), 2, "sent once, retried once");
     assert_eq!(source.calls(), 2);
-    assert_eq!(layer.stats().unauthorized, 1);
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_request_that_cannot_be_replayed_is_unauthorized_without_a_retry() {
-    let source = ScriptedSource::tokens(Duration::ZERO, HOUR);
-    let layer = replaying_layer(&source);
-    let api = Api::default();
-    let mut service = layer.layer_over(api.clone());
-    api.reject("Bearer token1");
-    let response = send_unreplayable(&mut service).await;
-    match response {
-        Err(Error::Unauthorized(err)) => assert!(!err.retried() && err.is_transient()),
-        other => panic!("expected Unauthorized, got {other:?}"),
-    }
-    assert_eq!(api.calls(), 1);
-    assert_eq!(layer.stats().unauthorized_retries, 0);
+    assert_eq!(layer.stats().unauthorized, 2);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_server_rejecting_every_token_cannot_cause_a_refresh_storm() {
     let source = ScriptedSource::tokens(Duration::ZERO, HOUR);
-    let layer = replaying_layer(&source);
+    let layer = layer(&source);
     let api = Api::default();
-    let service = layer.layer_over(api.clone());
+    let service = retrying(layer.layer_over(api.clone()));
     for n in 1..=100 {
         api.reject(&format!("Bearer token{n}"));
     }
@@ -478,9 +458,9 @@ async fn a_401_during_background_backoff_fetches_at_once_instead_of_waiting_it_o
         backoff_max: Duration::from_secs(60),
         ..Settings::default()
     };
-    let (layer, _) = layer_with(&source, settings, true);
+    let (layer, _) = layer_with(&source, settings);
     let api = Api::default();
-    let service = layer.layer_over(api.clone());
+    let service = retrying(layer.layer_over(api.clone()));
     send(&service).await.unwrap();
     tokio::time::sleep(Duration::from_secs(2857)).await;
     send(&service).await.unwrap(); // starts the refresh, which fails and backs off 10–20 s
@@ -611,10 +591,9 @@ async fn a_401_that_echoes_the_token_sent_never_shows_it() {
     let source = ScriptedSource::tokens(Duration::ZERO, HOUR);
     let layer = layer(&source);
     let api = Api::default();
-    let mut service = layer.layer_over(api.clone());
+    let service = layer.layer_over(api.clone());
     api.reject("Bearer token1");
-    let response = send_unreplayable(&mut service).await;
-    let err = response.unwrap_err();
+    let err = send(&service).await.unwrap_err();
     let Error::Unauthorized(unauthorized) = &err else {
         panic!("expected Unauthorized, got {err:?}");
     };
@@ -647,7 +626,7 @@ fn a_refresh_dropped_with_its_runtime_is_tried_again_by_the_next_reader() {
     let source = ScriptedSource::new(Duration::ZERO, Step::Token(HOUR))
         .then(Step::Token(HOUR))
         .then(Step::Hang);
-    let (layer, clock) = layer_with(&source, Settings::default(), false);
+    let (layer, clock) = layer_with(&source, Settings::default());
     let service = layer.layer_over(Api::default());
     let runtime = || {
         tokio::runtime::Builder::new_current_thread()
@@ -687,7 +666,7 @@ fn a_refresh_dropped_with_its_runtime_is_tried_again_by_the_next_reader() {
 #[tokio::test(start_paused = true)]
 async fn a_reader_still_holding_a_replaced_token_starts_no_refresh() {
     let source = ScriptedSource::tokens(Duration::ZERO, HOUR);
-    let (layer, clock) = layer_with(&source, Settings::default(), false);
+    let (layer, clock) = layer_with(&source, Settings::default());
     let service = layer.layer_over(Api::default());
     send(&service).await.unwrap();
     let cache = layer.default_cache();
@@ -714,17 +693,20 @@ async fn the_end_of_an_older_flight_never_erases_a_newer_one() {
     let layer = layer(&source);
     let cache = layer.default_cache();
     // Starts a flight.
-    let first = cache.wait();
+    let mut first = Box::pin(cache.wait());
+    assert!(polls_pending(first.as_mut()).await);
     // An earlier flight, given up as lost (see `live_flight`), ends late
     // with a failure: it answers its own waiters and changes nothing here.
     let earlier = cache.inner.lock_slow().counter - 1;
-    let _ = cache
+    cache
         .inner
         .finish(earlier, Err(TokenError::new(TokenErrorKind::Server)));
     {
         let slow = cache.inner.lock_slow();
-        assert!(slow.flight.is_some(), "the newer flight is still recorded");
-        assert!(slow.failure.is_none(), "and no cool-down started");
+        assert!(
+            matches!(slow.phase, super::Phase::Fetching { .. }),
+            "the newer flight is still recorded, and no cool-down started"
+        );
     }
     // So the next waiter joins it instead of starting a second token request.
     let second = cache.wait();
@@ -772,7 +754,7 @@ fn a_fetch_started_on_a_runtime_that_is_shutting_down_fails_at_once_instead_of_h
 #[test]
 fn a_flight_nobody_drives_is_replaced_once_it_is_older_than_the_fetch_timeout() {
     let source = ScriptedSource::tokens(Duration::ZERO, HOUR);
-    let (layer, clock) = layer_with(&source, Settings::default(), false);
+    let (layer, clock) = layer_with(&source, Settings::default());
     let service = layer.layer_over(Api::default());
     // A runtime that starts the fetch and is then never driven again (a
     // sync facade between two `block_on`s).
@@ -781,10 +763,11 @@ fn a_flight_nobody_drives_is_replaced_once_it_is_older_than_the_fetch_timeout() 
         .build()
         .unwrap();
     let cache = layer.default_cache();
-    let stranded = {
+    let mut stranded = Box::pin(cache.wait());
+    {
         let _in_context = parked.enter();
-        cache.wait()
-    };
+        assert!(stranded.as_mut().now_or_never().is_none());
+    }
     // Within the fetch timeout, other requests join it and wait.
     let main = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -799,8 +782,8 @@ fn a_flight_nobody_drives_is_replaced_once_it_is_older_than_the_fetch_timeout() 
         // Past it, the next request starts a flight of its own.
         clock.advance(Duration::from_secs(11));
         assert_eq!(send(&service).await.unwrap(), "Bearer token1");
-        // The waiter that joined the stranded flight was told when the new
-        // one replaced it, joined that one, and finds token1.
+        // The waiter that joined the stranded flight reads the outcome of
+        // the flight that replaced it: token1.
         assert_eq!(waiting.await.unwrap(), "Bearer token1");
         assert_eq!(source.calls(), 1, "the stranded flight never ran");
     });
@@ -810,7 +793,7 @@ fn a_flight_nobody_drives_is_replaced_once_it_is_older_than_the_fetch_timeout() 
 #[tokio::test(start_paused = true)]
 async fn a_token_that_went_stale_while_the_inner_service_got_ready_is_not_sent() {
     let source = ScriptedSource::tokens(Duration::from_secs(1), HOUR);
-    let (layer, clock) = layer_with(&source, Settings::default(), false);
+    let (layer, clock) = layer_with(&source, Settings::default());
     let limited = tower::limit::ConcurrencyLimit::new(Api::default(), 1);
     let service = layer.layer_over(limited.clone());
     // The request takes the one permit, finds no token and gives it back.
@@ -872,14 +855,10 @@ async fn concurrent_401s_never_show_the_token_they_carried() {
     // The API echoes the header it saw, after 5 ms: both requests are out
     // with token1 before the first 401 drops it.
     let api = Api::with_latency(Duration::from_millis(5));
-    let mut first = layer.layer_over(api.clone());
-    let mut second = first.clone();
-    send(&first).await.unwrap();
+    let service = layer.layer_over(api.clone());
+    send(&service).await.unwrap();
     api.reject("Bearer token1");
-    let (a, b) = tokio::join!(
-        send_unreplayable(&mut first),
-        send_unreplayable(&mut second)
-    );
+    let (a, b) = tokio::join!(send(&service), send(&service));
     for err in [a.unwrap_err(), b.unwrap_err()] {
         let Error::Unauthorized(unauthorized) = &err else {
             panic!("expected Unauthorized, got {err:?}");

@@ -14,7 +14,7 @@ use tracing::Instrument as _;
 use super::http_client::TokenHttpResponse;
 use super::{AccessToken, TokenHttpClient, TokenParams, TokenSource};
 use crate::credentials::basic_header;
-use crate::error::{ConfigError, TokenError, TokenErrorKind};
+use crate::error::{ConfigError, TokenError, TokenErrorDetails, TokenErrorKind};
 use crate::error_body::{excerpt, parse_error_body};
 use crate::origin::Origin;
 use crate::{Credentials, Scope};
@@ -122,10 +122,9 @@ impl TokenSource for Exchange {
         );
         Box::pin(
             async move {
-                let response = http
-                    .send(request)
-                    .await
-                    .map_err(|err| TokenError::new(TokenErrorKind::Transport).with_cause(err))?;
+                let response = http.send(request).await.map_err(|err| {
+                    TokenErrorDetails::new(TokenErrorKind::Transport).with_cause(err)
+                })?;
                 tracing::Span::current().record("status", response.status.as_u16());
                 token_from_response(response, &[secret.expose_secret()])
             }
@@ -200,17 +199,18 @@ pub(crate) fn token_from_response(
     } = response;
     if status.is_success() {
         if body.truncated {
-            return Err(
-                TokenError::invalid_response("the answer is larger than 64 KiB")
-                    .with_status(status),
-            );
+            return Err(TokenErrorDetails::new(TokenErrorKind::InvalidResponse)
+                .with_description("the answer is larger than 64 KiB")
+                .with_status(status)
+                .into());
         }
         let parsed: TokenBody = serde_json::from_slice(&body.bytes).map_err(|err| {
-            TokenError::invalid_response(format!(
-                "the answer is not the expected JSON ({})",
-                excerpt(&err.to_string())
-            ))
-            .with_status(status)
+            TokenErrorDetails::new(TokenErrorKind::InvalidResponse)
+                .with_description(format!(
+                    "the answer is not the expected JSON ({})",
+                    excerpt(&err.to_string())
+                ))
+                .with_status(status)
         })?;
         let token = parsed
             .access_token
@@ -248,14 +248,14 @@ pub(crate) fn token_from_response(
         s if s.is_redirection() => TokenErrorKind::Rejected,
         _ => TokenErrorKind::Server,
     };
-    let mut err = TokenError::new(kind)
+    let mut err = TokenErrorDetails::new(kind)
         .with_status(status)
         .with_oauth_error(parsed.code)
         .with_retry_after(retry_after(&headers));
     if let Some(message) = parsed.message {
         err = err.with_description(message);
     }
-    Err(err)
+    Err(err.into())
 }
 
 /// A Token API error from an answer, for other modules' tests.

@@ -27,7 +27,6 @@ impl Time {
     pub(crate) const NEVER: Time = Time(u64::MAX);
 
     /// How long from `earlier` to `self`; zero if `earlier` is later.
-    #[cfg(test)]
     pub(crate) fn since(self, earlier: Time) -> Duration {
         Duration::from_millis(self.0.saturating_sub(earlier.0))
     }

@@ -6,7 +6,6 @@ pub(crate) mod access_token;
 pub(crate) mod cache;
 pub(crate) mod client_credentials;
 pub(crate) mod clock;
-mod fixed;
 pub(crate) mod http_client;
 mod jwt;
 mod params;
@@ -18,7 +17,6 @@ pub(crate) mod test_source;
 use futures_util::future::BoxFuture;
 
 pub use access_token::AccessToken;
-pub(crate) use fixed::FixedToken;
 pub use http_client::TokenHttpClient;
 pub use params::TokenParams;
 pub use settings::Settings;
@@ -56,7 +54,7 @@ use crate::error::TokenError;
 pub trait TokenSource: Send + Sync + 'static {
     /// Mints a fresh token for `params` (the layer's defaults, or the
     /// parameters a request carries). Return a [`TokenError`] built with
-    /// [`TokenError::from_source`] when it cannot.
+    /// [`TokenError::transient`] or [`TokenError::permanent`] when it cannot.
     fn fetch_token(
         &self,
         params: &TokenParams,

@@ -24,17 +24,31 @@ use super::TokenParams;
 pub(crate) struct TokenStore {
     default: TokenCache,
     default_params: TokenParams,
-    keyed: Cache<TokenParams, TokenCache>,
-    config: Arc<CacheConfig>,
+    /// `None` for seeded credentials, which parameters cannot change.
+    keyed: Option<Cache<TokenParams, TokenCache>>,
 }
 
 impl TokenStore {
-    pub(crate) fn new(default_params: TokenParams, config: Arc<CacheConfig>) -> Self {
+    /// The caches of tokens from `config`'s source: the default one, and a
+    /// bounded map of the others, filled on first use.
+    pub(crate) fn renewable(default_params: TokenParams, config: Arc<CacheConfig>) -> Self {
         Self {
-            default: TokenCache::new(default_params.clone(), Arc::clone(&config)),
+            keyed: Some(bounded(config.settings.max_token_sets)),
+            default: TokenCache::new(default_params.clone(), config),
             default_params,
-            keyed: bounded(config.settings.max_token_sets),
-            config,
+        }
+    }
+
+    /// One cache, seeded with `token`: every request gets it.
+    pub(crate) fn seeded(
+        config: Arc<CacheConfig>,
+        token: crate::AccessToken,
+        expires: bool,
+    ) -> Self {
+        Self {
+            default: TokenCache::seeded(config, token, expires),
+            default_params: TokenParams::default(),
+            keyed: None,
         }
     }
 
@@ -43,15 +57,20 @@ impl TokenStore {
         &self.default
     }
 
-    /// The cache of a request's own parameters, made on first use; `None`
-    /// when they are the layer's defaults, or when the layer's one token
-    /// cannot be renewed (a bearer token: parameters cannot change it).
+    /// The cache of `params`, made on first use; `None` when they are the
+    /// layer's defaults, or when the layer's credential cannot change.
+    #[inline]
     pub(crate) fn keyed(&self, params: &TokenParams) -> Option<TokenCache> {
-        if *params == self.default_params || !self.config.renewable {
+        let keyed = self.keyed.as_ref()?;
+        if *params == self.default_params {
             return None;
         }
-        let made = self.keyed.get_or_insert_with(params, || {
-            Ok::<_, Infallible>(TokenCache::new(params.clone(), Arc::clone(&self.config)))
+        if let Some(cache) = keyed.get(params) {
+            return Some(cache);
+        }
+        let made = keyed.get_or_insert_with(params, || {
+            let config = Arc::clone(self.default.config_arc());
+            Ok::<_, Infallible>(TokenCache::new(params.clone(), config))
         });
         Some(match made {
             Ok(cache) => cache,
@@ -68,7 +87,12 @@ impl TokenStore {
 
     /// How many parameter sets have a cache of their own now.
     pub(crate) fn keyed_len(&self) -> usize {
-        self.keyed.len()
+        self.keyed.as_ref().map_or(0, Cache::len)
+    }
+
+    /// What every cache of the layer shares.
+    pub(crate) fn config(&self) -> &CacheConfig {
+        self.default.config()
     }
 }
 

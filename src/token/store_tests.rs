@@ -5,11 +5,20 @@ use std::time::Duration;
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
-use crate::token::test_source::{layer, layer_with, request, Api, ScriptedSource, HOUR};
-use crate::{Error, PropelAuth, Settings, TokenParams};
+use crate::token::test_source::{
+    layer, layer_with, request, retrying, send, Api, ScriptedSource, HOUR,
+};
+use crate::{Error, Settings, TokenParams};
 
-/// Sends one request for `tenant`; returns the `Authorization` header the API saw.
-async fn send_as(service: &PropelAuth<Api>, tenant: &str) -> Result<String, Error> {
+type Req = http::Request<http_body_util::Full<bytes::Bytes>>;
+type Resp = http::Response<http_body_util::Full<bytes::Bytes>>;
+
+/// Sends one request for `tenant`, in its extensions; returns the
+/// `Authorization` header the API saw.
+async fn send_as<S>(service: &S, tenant: &str) -> Result<String, Error>
+where
+    S: tower::Service<Req, Response = Resp, Error = Error> + Clone,
+{
     let mut request = request();
     request.extensions_mut().insert(TokenParams::tenant(tenant));
     let response = service.clone().oneshot(request).await?;
@@ -52,7 +61,7 @@ async fn the_bound_holds_and_no_tenant_gets_another_tenants_token() {
         max_token_sets: 10,
         ..Settings::default()
     };
-    let (layer, _) = layer_with(&source, settings, false);
+    let (layer, _) = layer_with(&source, settings);
     let service = layer.layer_over(Api::default());
     let mut max_seen = 0;
     // Three rounds through 50 tenants, 5 at a time.
@@ -90,9 +99,9 @@ async fn the_bound_holds_and_no_tenant_gets_another_tenants_token() {
 #[tokio::test(start_paused = true)]
 async fn concurrent_401s_for_one_tenant_refresh_only_that_tenants_token() {
     let source = ScriptedSource::tokens(Duration::from_millis(10), HOUR);
-    let layer = crate::token::test_source::replaying_layer(&source);
+    let layer = layer(&source);
     let api = Api::with_latency(Duration::from_millis(5));
-    let service = layer.layer_over(api.clone());
+    let service = retrying(layer.layer_over(api.clone()));
     let a = send_as(&service, "a").await.unwrap();
     let b = send_as(&service, "b").await.unwrap();
     assert_eq!(source.calls(), 2);
@@ -114,7 +123,53 @@ async fn concurrent_401s_for_one_tenant_refresh_only_that_tenants_token() {
         b,
         "tenant b keeps its token"
     );
-    assert_eq!(layer.stats().unauthorized_retries, 20);
+    assert_eq!(layer.stats().unauthorized, 20);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_view_sends_its_tenants_token_from_the_set_extensions_use() {
+    let source = ScriptedSource::tokens(Duration::from_millis(5), HOUR);
+    let layer = layer(&source);
+    let acme = layer
+        .with_params(TokenParams::tenant("acme"))
+        .layer_over(Api::default());
+    let header = send(&acme).await.unwrap();
+    assert!(minted_for(&header, "acme"), "{header}");
+    // The same set, reached through the layer itself and a request's extensions.
+    let plain = layer.layer_over(Api::default());
+    assert_eq!(send_as(&plain, "acme").await.unwrap(), header);
+    // A request's own parameters come before the view's.
+    assert!(minted_for(
+        &send_as(&acme, "globex").await.unwrap(),
+        "globex"
+    ));
+    assert_eq!(source.calls(), 2);
+    assert_eq!(layer.stats().token_sets, 2, "views share the layer's sets");
+}
+
+#[tokio::test(start_paused = true)]
+async fn views_hold_parameters_not_caches_so_the_bound_holds_however_many_there_are() {
+    let source = ScriptedSource::tokens(Duration::ZERO, HOUR);
+    let settings = Settings {
+        max_token_sets: 2,
+        ..Settings::default()
+    };
+    let (layer, _) = layer_with(&source, settings);
+    let views: Vec<_> = (0..6)
+        .map(|n| {
+            let view = layer.with_params(TokenParams::tenant(format!("t{n}")));
+            (n, view.layer_over(Api::default()))
+        })
+        .collect();
+    for _round in 0..3 {
+        for (n, view) in &views {
+            let header = send(view).await.unwrap();
+            assert!(minted_for(&header, &format!("t{n}")), "{header}");
+            assert!(layer.stats().token_sets <= 2);
+        }
+    }
+    // Every view's set was evicted by the others and made again.
+    assert!(source.calls() > 6, "{} token requests", source.calls());
 }
 
 #[tokio::test(start_paused = true)]

@@ -10,7 +10,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{Request, Response, StatusCode};
-use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
@@ -183,24 +182,17 @@ impl<B: Send + 'static> Service<Request<B>> for Api {
 /// A layer over `source` with the default settings, on a [`TestClock`]
 /// that follows tokio's paused time.
 pub(crate) fn layer(source: &ScriptedSource) -> PropelAuthLayer {
-    layer_with(source, Settings::default(), false).0
-}
-
-/// The same, replaying requests after a 401 by itself.
-pub(crate) fn replaying_layer(source: &ScriptedSource) -> PropelAuthLayer {
-    layer_with(source, Settings::default(), true).0
+    layer_with(source, Settings::default()).0
 }
 
 /// A layer over `source` with these settings, and its clock.
 pub(crate) fn layer_with(
     source: &ScriptedSource,
     settings: Settings,
-    retry_unauthorized: bool,
 ) -> (PropelAuthLayer, Arc<TestClock>) {
     let clock = TestClock::new();
     let layer = PropelAuthLayer::token_source(source.clone())
         .settings(settings)
-        .retry_unauthorized(retry_unauthorized)
         .build_with_clock(clock.clock())
         .unwrap();
     (layer, clock)
@@ -213,19 +205,33 @@ pub(crate) fn request() -> Request<Full<Bytes>> {
 }
 
 /// Sends one request and returns the `Authorization` header the API saw.
-pub(crate) async fn send(service: &PropelAuth<Api>) -> Result<String, Error> {
+pub(crate) async fn send<S>(service: &S) -> Result<String, Error>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Error> + Clone,
+{
     let response = service.clone().oneshot(request()).await?;
     assert_eq!(response.status(), StatusCode::OK);
     let body = response.into_body().collect().await.unwrap().to_bytes();
     Ok(String::from_utf8(body.to_vec()).unwrap())
 }
 
+/// `service` behind the retry layer the crate recommends: a 401 whose token
+/// was dropped is sent once more.
+pub(crate) fn retrying<S>(service: S) -> tower::retry::Retry<crate::retry::TransientErrors, S> {
+    tower::retry::Retry::new(crate::retry::TransientErrors::new(1), service)
+}
+
 /// Sends `n` requests at once, each from a task of its own (all spawned
 /// before any is awaited); their results in order.
-pub(crate) async fn send_concurrently(
-    service: &PropelAuth<Api>,
-    n: usize,
-) -> Vec<Result<String, Error>> {
+pub(crate) async fn send_concurrently<S>(service: &S, n: usize) -> Vec<Result<String, Error>>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Error>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send,
+{
     let tasks: Vec<_> = (0..n)
         .map(|_| {
             let service = service.clone();
@@ -239,18 +245,6 @@ pub(crate) async fn send_concurrently(
     results
 }
 
-/// Sends one request whose body (a `BoxBody`) cannot be replayed.
-pub(crate) async fn send_unreplayable(
-    service: &mut PropelAuth<Api>,
-) -> Result<Response<Full<Bytes>>, Error> {
-    let body = BoxBody::new(Full::new(Bytes::from_static(b"{}")));
-    let request = Request::post(API).body(body).unwrap();
-    ServiceExt::<Request<BoxBody<Bytes, Infallible>>>::ready(service)
-        .await?
-        .call(request)
-        .await
-}
-
 /// Polls `future` once and says whether it is still pending.
 pub(crate) async fn polls_pending<F: std::future::Future>(future: std::pin::Pin<&mut F>) -> bool {
     let mut future = Some(future);
@@ -261,10 +255,7 @@ pub(crate) async fn polls_pending<F: std::future::Future>(future: std::pin::Pin<
 impl PropelAuthLayer {
     /// The layer's default token cache.
     pub(crate) fn default_cache(&self) -> crate::token::cache::TokenCache {
-        match &self.shared().auth {
-            crate::layer::Auth::Token(store) => store.default_cache().clone(),
-            crate::layer::Auth::Basic { .. } => panic!("a Basic layer has no token cache"),
-        }
+        self.shared().store.default_cache().clone()
     }
 
     pub(crate) fn layer_over<S>(&self, inner: S) -> PropelAuth<S> {

@@ -8,7 +8,8 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use serde_json::Value;
-use tower::{Layer, ServiceExt};
+use tower::{ServiceBuilder, ServiceExt};
+use tower_propel_auth::retry::TransientErrors;
 use tower_propel_auth::secrecy::ExposeSecret;
 use tower_propel_auth::{FakePropel, PropelAuthLayer, TokenParams};
 
@@ -21,11 +22,13 @@ pub fn query_for(fake: &FakePropel, tenant: &str) -> Request<Full<Bytes>> {
     request
 }
 
-/// Sends a query for `tenant` through `layer`; checks it succeeded with a
-/// token naming that tenant.
+/// Sends a query for `tenant` through `layer`, behind the retry layer the
+/// crate recommends; checks it succeeded with a token naming that tenant.
 pub async fn query(fake: &FakePropel, layer: &PropelAuthLayer, tenant: &str) {
-    let response = layer
-        .layer(hyper_client())
+    let response = ServiceBuilder::new()
+        .retry(TransientErrors::new(1))
+        .layer(layer.clone())
+        .service(hyper_client())
         .oneshot(query_for(fake, tenant))
         .await
         .unwrap_or_else(|err| panic!("the query for {tenant} failed: {err}"));
