@@ -155,6 +155,9 @@ pub(crate) async fn handle(req: Request<Incoming>, shared: &Shared) -> Response<
         Some(ApiFault::Status { status, body }) => {
             return server::response(server::status_or_500(status), None, body);
         }
+        Some(ApiFault::EchoCredentials { status }) => {
+            return errors(server::status_or_500(status), &echo(&parts.headers));
+        }
     }
 
     if parts.method != Method::POST {
@@ -277,6 +280,21 @@ fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<Caller, Rejected
     } else {
         Err(Rejected::Invalid)
     }
+}
+
+/// A message quoting every credential in `headers`.
+fn echo(headers: &HeaderMap) -> String {
+    let Some(value) = headers.get(AUTHORIZATION) else {
+        return "no credentials".to_owned();
+    };
+    let mut message = format!("rejected Authorization: {}", String::from_utf8_lossy(value.as_bytes()));
+    if let Some((scheme, credential)) = server::split_authorization(value) {
+        message += &format!("; {scheme} credential {credential}");
+        if let Some((id, secret)) = server::decode_basic(credential) {
+            message += &format!("; Application {id} with secret {secret}");
+        }
+    }
+    message
 }
 
 /// A GraphQL-style error body, `{"errors":[{"message":…}]}`.

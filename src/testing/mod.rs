@@ -327,6 +327,15 @@ pub enum ApiFault {
         /// The body, sent as-is.
         body: Bytes,
     },
+    /// This status (401 or 403, say) with a GraphQL error whose message
+    /// quotes the credentials the request carried: the `Authorization`
+    /// value, the token or the Basic credentials in it, and the decoded
+    /// Basic password. A careless server; for tests that secrets are removed
+    /// from errors by value.
+    EchoCredentials {
+        /// The HTTP status code.
+        status: u16,
+    },
 }
 
 /// A snapshot of what a [`FakePropel`] saw, from [`FakePropel::stats`].
