@@ -338,6 +338,9 @@ pub enum TokenErrorKind {
     Timeout,
     /// The connection failed (refused, reset, DNS …).
     Transport,
+    /// The token URL is https and reqwest was built without a TLS backend:
+    /// turn on this crate's `rustls` or `native-tls` feature.
+    TlsUnavailable,
     /// A 2xx answer that is not a usable token: malformed JSON, no
     /// `access_token`, a `token_type` other than Bearer, an oversized body.
     InvalidResponse,
@@ -545,6 +548,7 @@ impl TokenError {
             (TokenErrorKind::Timeout, _) | (TokenErrorKind::Transport, _) => {
                 "check the network path to the Token API; try again after the cool-down (retry::TransientErrors does)"
             }
+            (TokenErrorKind::TlsUnavailable, _) => "turn on a TLS backend: the rustls (default) or native-tls feature of tower-propel-auth, or a TLS feature of your own reqwest dependency",
             (TokenErrorKind::InvalidResponse, _) => "check that the token URL points at Propel's Token API",
             (TokenErrorKind::Expired, _) => "mint a new token and build a new layer with it",
             (TokenErrorKind::Source, _) => "see the token source's error",
@@ -609,6 +613,7 @@ impl fmt::Display for TokenError {
             TokenErrorKind::Server => "the Token API failed",
             TokenErrorKind::Timeout => "the Token API did not answer in time",
             TokenErrorKind::Transport => "the Token API could not be reached",
+            TokenErrorKind::TlsUnavailable => "reqwest has no TLS backend for the https token URL",
             TokenErrorKind::InvalidResponse => "the Token API's answer is not a usable token",
             TokenErrorKind::Expired => "the access token has expired and cannot be renewed",
             TokenErrorKind::Source => "the token source failed",

@@ -61,6 +61,9 @@
 //! # Features
 //!
 //! - `reqwest` (default): wrap `reqwest::Client` and use it for token requests.
+//! - `rustls` (default) or `native-tls`: the TLS backend of that reqwest
+//!   (reqwest comes without its default features, so pick one, or turn one
+//!   on in your own `reqwest` dependency).
 //! - `test-util`: [`FakePropel`], a Propel-compatible server on loopback.
 //! - `redis`: one token per parameter set for a whole fleet of processes,
 //!   through Redis or Valkey: `SharedCache::redis`, in `shared_cache`.
