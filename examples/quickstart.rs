@@ -2,8 +2,9 @@
 //!
 //! Without `PROPEL_CLIENT_ID` / `PROPEL_CLIENT_SECRET` it starts FakePropel, a
 //! Propel-compatible server on loopback, so no account is needed. With both
-//! set it queries your account with `SELECT 1` (honouring `PROPEL_OAUTH_URL`
-//! and `PROPEL_API_URL`). Through the recommended stack,
+//! set it queries your account (honouring `PROPEL_OAUTH_URL` and
+//! `PROPEL_API_URL`). Either way it sends `SELECT 1`, which FakePropel
+//! answers as Propel would. Through the recommended stack,
 //! `retry(TransientErrors) → timeout → PropelAuthLayer → reqwest::Client`:
 //!
 //! 1. Basic credentials: the Application ID and secret on every request;

@@ -1,9 +1,10 @@
 //! A SQL query through Propel's `sqlV1` GraphQL field, printed as a table:
 //! `cargo run --example sql_query [-- "SELECT …"]`.
 //!
-//! Runs against FakePropel, which answers every query with the same canned
-//! row, or against your account (by default with `SELECT 1`) when
-//! `PROPEL_CLIENT_ID` and `PROPEL_CLIENT_SECRET` are set.
+//! Runs (by default with `SELECT 1`) against FakePropel, which runs no SQL:
+//! it answers `SELECT <literal>` with that value and any other query with a
+//! canned row (the caller's tenant and a fixed count); or against your
+//! account when `PROPEL_CLIENT_ID` and `PROPEL_CLIENT_SECRET` are set.
 
 mod support;
 

@@ -358,6 +358,9 @@ pub enum TokenErrorKind {
     Timeout,
     /// The connection failed (refused, reset, DNS …).
     Transport,
+    /// The token URL is https and reqwest was built without a TLS backend:
+    /// turn on this crate's `rustls` or `native-tls` feature.
+    TlsUnavailable,
     /// A 2xx answer that is not a usable token: malformed JSON, no
     /// `access_token`, a `token_type` other than Bearer, an oversized body.
     InvalidResponse,
@@ -530,6 +533,11 @@ impl TokenErrorKind {
             Self::Server => row("the Token API failed", UNAVAILABLE, true),
             Self::Timeout => row("the Token API did not answer in time", UNREACHABLE, true),
             Self::Transport => row("the Token API could not be reached", UNREACHABLE, true),
+            Self::TlsUnavailable => row(
+                "reqwest has no TLS backend for the https token URL",
+                "turn on a TLS backend: the rustls (default) or native-tls feature of tower-propel-auth, or a TLS feature of your own reqwest dependency",
+                false,
+            ),
             Self::InvalidResponse => row(
                 "the Token API's answer is not a usable token",
                 "check that the token URL points at Propel's Token API",

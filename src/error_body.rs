@@ -139,31 +139,50 @@ pub(crate) fn forbidden_from_body(bytes: &[u8], known: &[&str]) -> Forbidden {
 }
 
 fn classify_forbidden(message: &str) -> ForbiddenReason {
-    // Propel: `… because it lacks the "data-pool:query" scope; you must add
-    // this scope …`. Take the quoted word right before "scope".
+    // Propel: `Application APP… is not allowed to query Data Pool DPO…,
+    // because it lacks the "data-pool:query" scope; you must add this scope
+    // …`. The IDs and names before the phrase are anyone's text
+    // (`APP01NOSCOPE`, a Data Pool called `scope admin`), so try every word
+    // that starts with "scope", the last first: the phrase comes after them,
+    // and "add this scope to" names none.
     let lower = message.to_ascii_lowercase();
-    if let Some(at) = lower.find("scope") {
-        if let Some(scope) = quoted_before(&message[..at]) {
-            return ForbiddenReason::MissingScope(Scope::from(scope));
-        }
-        // `… lacks scope data_pool:query` or `missing scope: METRIC_QUERY`
-        let after = message[at + "scope".len()..].trim_start_matches([' ', ':', '"', '\'', '`']);
-        let word: String = after
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':'))
-            .collect();
-        let word = word.trim_end_matches(':');
-        if !word.is_empty() {
-            let scope = Scope::from(word);
-            if !matches!(scope, Scope::Other(_)) {
-                return ForbiddenReason::MissingScope(scope);
-            }
-        }
+    let named = lower
+        .rmatch_indices("scope")
+        .filter(|&(at, _)| !is_word_char(at.checked_sub(1).map(|before| lower.as_bytes()[before])))
+        .find_map(|(at, _)| scope_named_at(message, at));
+    if let Some(scope) = named {
+        return ForbiddenReason::MissingScope(scope);
     }
     if lower.contains("policy") || lower.contains("policies") {
         return ForbiddenReason::Policy;
     }
     ForbiddenReason::Other
+}
+
+/// Whether `byte` continues a word: a letter, a digit or `_`.
+fn is_word_char(byte: Option<u8>) -> bool {
+    byte.is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// The scope that the word starting with "scope" at `at` is part of a phrase
+/// about: the quoted word right before it (`lacks the "data-pool:query"
+/// scope`), or a known scope right after the word "scope" itself (`lacks
+/// scope data_pool:query`, `missing scope: METRIC_QUERY`).
+fn scope_named_at(message: &str, at: usize) -> Option<Scope> {
+    if let Some(scope) = quoted_before(&message[..at]) {
+        return Some(Scope::from(scope));
+    }
+    let after = &message[at + "scope".len()..];
+    if is_word_char(after.bytes().next()) {
+        return None; // `SCOPEADMIN`: not the word "scope"
+    }
+    let after = after.trim_start_matches([' ', ':', '"', '\'', '`']);
+    let word: String = after
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':'))
+        .collect();
+    let scope = Scope::from(word.trim_end_matches(':'));
+    (!matches!(scope, Scope::Other(_))).then_some(scope)
 }
 
 /// The last `"…"` (or `'…'`, `` `…` ``) quoted word in `text`, if `text` ends
@@ -250,17 +269,89 @@ mod tests {
     use super::*;
     use http_body_util::{Full, StreamBody};
 
-    const PROPEL_403: &str = r#"Application APP01ABCDEFGHJKMNPQRSTVWXYZ01 is not allowed to query Data Pool DPO01ABCDEFGHJKMNPQRSTVWXYZ01, because it lacks the "data-pool:query" scope; you must add this scope to your Application and request a new access token to query the Data Pool"#;
+    /// Propel's 403 for a missing scope, around the IDs and names it quotes.
+    fn propel_403(application: &str, data_pool: &str, scope: &str) -> String {
+        format!("Application {application} is not allowed to query Data Pool {data_pool}, because it lacks the \"{scope}\" scope; you must add this scope to your Application and request a new access token to query the Data Pool")
+    }
 
     #[test]
     fn propel_scope_message_names_the_scope() {
-        let body = serde_json::json!({"errors": [{"message": PROPEL_403}]}).to_string();
+        let message = propel_403(
+            "APP01ABCDEFGHJKMNPQRSTVWXYZ01",
+            "DPO01ABCDEFGHJKMNPQRSTVWXYZ01",
+            "data-pool:query",
+        );
+        let body = serde_json::json!({"errors": [{"message": message}]}).to_string();
         let forbidden = forbidden_from_body(body.as_bytes(), &[]);
         assert_eq!(forbidden.missing_scope(), Some(&Scope::DataPoolQuery));
         assert!(forbidden
             .message()
             .contains("APP01ABCDEFGHJKMNPQRSTVWXYZ01"));
         assert!(forbidden.hint().contains("data_pool:query"));
+    }
+
+    #[test]
+    fn an_application_id_holding_scope_does_not_hide_the_missing_scope() {
+        for (application, data_pool) in [
+            ("APP01NOSCOPE", "DPO01ABCDEFGHJKMNPQRSTVWXYZ01"),
+            ("APP01SCOPEADMIN", "DPO01ABCDEFGHJKMNPQRSTVWXYZ01"),
+            (
+                "APP01ABCDEFGHJKMNPQRSTVWXYZ01",
+                "events scope \"admin\" scope",
+            ),
+        ] {
+            let message = propel_403(application, data_pool, "data-pool:query");
+            let body = serde_json::json!({"errors": [{"message": message}]}).to_string();
+            let forbidden = forbidden_from_body(body.as_bytes(), &[]);
+            assert_eq!(
+                forbidden.missing_scope(),
+                Some(&Scope::DataPoolQuery),
+                "{message}"
+            );
+            assert!(forbidden.hint().contains("data_pool:query"), "{message}");
+        }
+    }
+
+    /// An ID or a name: any text, with the words that could pass for a scope
+    /// phrase (`SCOPE`, quotes, scope names) far more often than chance.
+    fn any_name() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let words = vec![
+            "scope",
+            "SCOPE",
+            "Scope: ",
+            " ",
+            "\"",
+            "'",
+            "admin",
+            "metric:query",
+            "DATA_POOL_QUERY",
+        ];
+        let piece = prop_oneof![
+            "(?s).{0,6}",
+            proptest::sample::select(words).prop_map(String::from),
+        ];
+        proptest::collection::vec(piece, 0..8).prop_map(|pieces| pieces.concat())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_propel_403_names_its_scope_whatever_the_ids_and_names_hold(
+            application in any_name(),
+            data_pool in any_name(),
+            scope in proptest::sample::select(Scope::known().collect::<Vec<_>>()),
+            graphql in proptest::bool::ANY,
+        ) {
+            // Propel spells scopes with a hyphen: `data-pool:query`.
+            let message = propel_403(&application, &data_pool, &scope.as_str().replace('_', "-"));
+            let body = if graphql {
+                serde_json::json!({"errors": [{"message": message}]}).to_string()
+            } else {
+                message.clone()
+            };
+            let forbidden = forbidden_from_body(body.as_bytes(), &[]);
+            proptest::prop_assert_eq!(forbidden.missing_scope(), Some(&scope), "{:?}", message);
+        }
     }
 
     #[test]

@@ -61,6 +61,9 @@
 //! # Features
 //!
 //! - `reqwest` (default): wrap `reqwest::Client` and use it for token requests.
+//! - `rustls` (default) or `native-tls`: the TLS backend of that reqwest
+//!   (reqwest comes without its default features, so pick one, or turn one
+//!   on in your own `reqwest` dependency).
 //! - `test-util`: [`FakePropel`], a Propel-compatible server on loopback.
 //! - `redis`: one token per parameter set for a whole fleet of processes,
 //!   through Redis or Valkey: `SharedCache::redis`, in `shared_cache`.
@@ -100,8 +103,9 @@ pub mod testing;
 mod proptests;
 
 // The README's snippets, compiled (and run, unless `no_run`) as doc tests so
-// that they cannot drift from the code.
-#[cfg(doctest)]
+// that they cannot drift from the code. One of them is the fleet's, which
+// needs feature `redis`: they run with it (`--all-features` in `.ci/run`).
+#[cfg(all(doctest, feature = "redis"))]
 #[doc = include_str!("../README.md")]
 mod readme_doctests {}
 

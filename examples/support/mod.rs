@@ -60,8 +60,10 @@ impl Target {
             credentials: Credentials::new(fake.application_id(), fake.application_secret())?,
             api_url: fake.api_url(),
             token_url: fake.token_url(),
-            // FakePropel answers every query with the same canned row.
-            sql: "SELECT tenant, count() AS n FROM events GROUP BY tenant",
+            // FakePropel runs no SQL, but answers `SELECT <literal>` with
+            // that value as Propel would (and any other query with a canned
+            // row: the caller's tenant and a fixed count).
+            sql: "SELECT 1",
             fake: Some(Arc::new(fake)),
         })
     }

@@ -9,7 +9,11 @@
 //!   `policy_values`, HS256 JWTs with an `exp` claim, and RFC 6749 JSON errors;
 //! - the GraphQL API, `POST /graphql`: Basic or Bearer credentials, JWT
 //!   signature and expiry checks (401), scopes enforced per operation and
-//!   Data Pool Access Policies (403, in Propel's words).
+//!   Data Pool Access Policies (403, in Propel's words). It runs no SQL: a
+//!   `sqlV1` query `SELECT <literal>` (a number or a quoted string) gets
+//!   that value, and any other one row, in columns `tenant` and `n`: the
+//!   `tenant_id` of the token's policy values (`null` without one) and a
+//!   fixed `"42"`.
 //!
 //! Knobs change its behaviour at run time (token lifetime, latency, injected
 //! faults, revocation) and [`FakePropel::stats`] counts what it saw.

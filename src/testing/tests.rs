@@ -201,6 +201,41 @@ async fn basic_credentials_work_on_graphql() {
     assert_eq!(fake.stats().api_invalid_credentials, 1);
 }
 
+#[tokio::test]
+async fn a_select_of_a_literal_gets_that_literal_and_other_sql_the_tenant_row() {
+    let fake = FakePropel::start().await;
+    let authorization = basic(fake.application_id(), fake.application_secret());
+    let sql_v1 = |sql: &str| {
+        let graphql = format!(
+            "{{ sqlV1(input: {{query: {}}}) {{ columns {{ columnName }} rows }} }}",
+            Value::from(sql)
+        );
+        serde_json::json!({ "query": graphql }).to_string()
+    };
+    for (sql, column, value) in [
+        ("SELECT 1", "1", "1"),
+        ("select -2.5;", "-2.5", "-2.5"),
+        ("SELECT 'it works'", "'it works'", "it works"),
+    ] {
+        let answer = query_with(&fake, Some(&authorization), &sql_v1(sql)).await;
+        let table = &answer.json()["data"]["sqlV1"];
+        assert_eq!(
+            table["columns"],
+            serde_json::json!([{ "columnName": column }]),
+            "{sql}"
+        );
+        assert_eq!(table["rows"], serde_json::json!([[value]]), "{sql}");
+    }
+    // Anything else: one row, the caller's tenant (none with Basic) and a count.
+    for sql in ["SELECT tenant, count() FROM t", "SELECT 1, 2", "SELECT x"] {
+        let answer = query_with(&fake, Some(&authorization), &sql_v1(sql)).await;
+        let table = &answer.json()["data"]["sqlV1"];
+        let columns = serde_json::json!([{ "columnName": "tenant" }, { "columnName": "n" }]);
+        assert_eq!(table["columns"], columns, "{sql}");
+        assert_eq!(table["rows"], serde_json::json!([[null, "42"]]), "{sql}");
+    }
+}
+
 /// Form fields, the expected `error` and part of the `error_description`.
 type BadRequestCase<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
 

@@ -122,9 +122,7 @@ impl TokenSource for Exchange {
         );
         Box::pin(
             async move {
-                let response = http.send(request).await.map_err(|err| {
-                    TokenErrorDetails::new(TokenErrorKind::Transport).with_cause(err)
-                })?;
+                let response = http.send(request).await?;
                 tracing::Span::current().record("status", response.status.as_u16());
                 token_from_response(response, &[secret.expose_secret()])
             }

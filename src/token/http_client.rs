@@ -10,6 +10,7 @@ use http_body_util::Full;
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Service, ServiceExt};
 
+use crate::error::{TokenError, TokenErrorDetails, TokenErrorKind};
 use crate::error_body::{read_capped, Capped};
 
 /// A Token API answer with its body read up to the cap.
@@ -93,11 +94,20 @@ impl TokenHttpClient {
         Ok(Self::from(client))
     }
 
+    /// Sends a token request. A failure is a `Transport` error unless the
+    /// client already made it a typed [`TokenError`] (no TLS backend).
     pub(crate) async fn send(
         &self,
         request: http::Request<Bytes>,
-    ) -> Result<TokenHttpResponse, BoxError> {
-        self.service.clone().oneshot(request).await
+    ) -> Result<TokenHttpResponse, TokenError> {
+        self.service.clone().oneshot(request).await.map_err(|err| {
+            match err.downcast::<TokenError>() {
+                Ok(typed) => *typed,
+                Err(err) => TokenErrorDetails::new(TokenErrorKind::Transport)
+                    .with_cause(err)
+                    .into(),
+            }
+        })
     }
 }
 
@@ -110,9 +120,18 @@ impl From<reqwest::Client> for TokenHttpClient {
         let service = tower::service_fn(move |request: http::Request<Bytes>| {
             let client = client.clone();
             async move {
+                let https = request.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
                 let request = reqwest::Request::try_from(request)?;
-                let response =
-                    http::Response::<reqwest::Body>::from(client.execute(request).await?);
+                let response = client.execute(request).await.map_err(|err| -> BoxError {
+                    if https && lacks_tls(&err) {
+                        Box::new(TokenError::from(
+                            TokenErrorDetails::new(TokenErrorKind::TlsUnavailable).with_cause(err),
+                        ))
+                    } else {
+                        Box::new(err)
+                    }
+                })?;
+                let response = http::Response::<reqwest::Body>::from(response);
                 let (parts, body) = response.into_parts();
                 Ok::<_, BoxError>(TokenHttpResponse {
                     status: parts.status,
@@ -125,6 +144,26 @@ impl From<reqwest::Client> for TokenHttpClient {
             service: BoxCloneSyncService::new(service),
         }
     }
+}
+
+/// Whether reqwest refused an https URL because it was built without a TLS
+/// backend. It then hands the URL to hyper-util's plain `HttpConnector`, which
+/// fails before connecting with this message; hyper-util does not export the
+/// error's type, so its text is the only sign (tests/tls.rs pins it).
+#[cfg(feature = "reqwest")]
+fn lacks_tls(err: &reqwest::Error) -> bool {
+    const NOT_HTTP: &str = "invalid URL, scheme is not http";
+    if !err.is_connect() {
+        return false;
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(current) = cause {
+        if current.to_string() == NOT_HTTP {
+            return true;
+        }
+        cause = current.source();
+    }
+    false
 }
 
 impl fmt::Debug for TokenHttpClient {
