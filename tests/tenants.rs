@@ -1,8 +1,9 @@
 //! Multi-tenant tokens end to end over FakePropel: a request carrying
-//! `TokenParams` in its extensions gets a token minted for exactly those
-//! policy values, one token request per tenant, a back end can hand such a
-//! token to a front end, and any number of one-off tenants leaves the layer
-//! within its bound.
+//! `TokenParams` in its extensions, or sent through a tenant view of the
+//! layer (how `reqwest::Client` gets them), gets a token minted for exactly
+//! those policy values, one token request per tenant; a back end can hand
+//! such a token to a front end; and any number of one-off tenants or views
+//! leaves the layer within its bound.
 
 mod support;
 
@@ -18,8 +19,8 @@ use tower::{Layer, ServiceBuilder, ServiceExt};
 use tower_propel_auth::{AccessToken, Error, FakePropel, PropelAuthLayer, TokenParams};
 
 use support::{
-    expect_err, graphql, hyper_client, json, settings, start, tenanted_application, token_layer,
-    token_layer_with, Query, DATA_POOL_QUERY,
+    expect_err, graphql, hyper_client, json, reqwest_graphql, settings, start,
+    tenanted_application, token_layer, token_layer_with, Query, DATA_POOL_QUERY,
 };
 
 /// A Data Pool query for `tenant`'s data.
@@ -232,4 +233,88 @@ async fn settled(alive: impl Fn() -> usize, target: usize) -> usize {
             return now;
         }
     }
+}
+
+/// The body of a reqwest response, as JSON.
+async fn reqwest_json(response: reqwest::Response) -> Value {
+    assert_eq!(response.status(), StatusCode::OK);
+    serde_json::from_slice(&response.bytes().await.expect("a body")).expect("JSON")
+}
+
+/// `reqwest::Client` keeps its request extensions private: a tenant view of
+/// the layer carries the tenant instead. Three tenants, fifty concurrent
+/// requests each, through views of one layer: one token request per tenant,
+/// and every response has its own tenant's rows.
+#[tokio::test]
+async fn three_tenants_times_fifty_concurrent_reqwest_requests_through_views_make_three_token_requests(
+) {
+    let fake = start().await;
+    fake.require_tenant_policy(true);
+    let layer = token_layer_with(&fake, tenanted_application(&fake))
+        .build()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let tenants = ["acme", "globex", "initech"];
+    let requests = tenants.iter().flat_map(|tenant| {
+        let view = layer
+            .with_params(TokenParams::tenant(*tenant))
+            .layer(client.clone());
+        std::iter::repeat_n((tenant, view), 50)
+    });
+    let answers = join_all(requests.map(|(tenant, view)| {
+        let request = reqwest_graphql(&fake.api_url(), DATA_POOL_QUERY);
+        async move {
+            (
+                tenant,
+                reqwest_json(view.oneshot(request).await.expect("a response")).await,
+            )
+        }
+    }))
+    .await;
+
+    assert_eq!(answers.len(), 150);
+    for (tenant, body) in &answers {
+        assert_eq!(tenant_seen(body), Value::from(**tenant));
+    }
+    assert_eq!(fake.stats().token_requests, 3, "one token per tenant");
+    assert_eq!(fake.stats().api_ok, 150);
+    assert_eq!(layer.stats().token_sets, 3);
+}
+
+/// Views hold parameters, not caches: forty tenants through views of a
+/// layer bound to sixteen token sets leave at most sixteen sets, and every
+/// request succeeds with its tenant's token (a set evicted is made again).
+#[tokio::test]
+async fn forty_tenants_through_views_of_a_layer_bound_to_sixteen_sets_stay_within_the_bound() {
+    let fake = start().await;
+    fake.require_tenant_policy(true);
+    let layer = token_layer_with(&fake, tenanted_application(&fake))
+        .settings(settings(|s| s.max_token_sets = 16))
+        .build()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let views: Vec<_> = (0..40)
+        .map(|n| {
+            let tenant = format!("tenant-{n:02}");
+            let view = layer
+                .with_params(TokenParams::tenant(&tenant))
+                .layer(client.clone());
+            (tenant, view)
+        })
+        .collect();
+    for round in 0..2 {
+        for (tenant, view) in &views {
+            let request = reqwest_graphql(&fake.api_url(), DATA_POOL_QUERY);
+            let response = view.clone().oneshot(request).await;
+            let body = reqwest_json(response.unwrap_or_else(|err| panic!("{tenant}: {err}"))).await;
+            assert_eq!(
+                tenant_seen(&body),
+                Value::from(tenant.as_str()),
+                "round {round}"
+            );
+            assert!(layer.stats().token_sets <= 16, "{:?}", layer.stats());
+        }
+    }
+    assert_eq!(fake.stats().api_ok, 80);
+    assert!(fake.stats().token_requests >= 40);
 }
