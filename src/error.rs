@@ -84,29 +84,29 @@ impl Error {
     }
 }
 
+impl Error {
+    fn wrapped(&self) -> &(dyn std::error::Error + 'static) {
+        match self {
+            Error::Forbidden(err) => err,
+            Error::Unauthorized(err) => err,
+            Error::Token(err) => err,
+            Error::InsecureTransport(err) => err,
+            Error::Service(err) => &**err,
+        }
+    }
+}
+
 /// `Error` is transparent: it shows what it wraps and hands on that error's
 /// own cause, so an error chain (anyhow's `{:#}`, eyre) never repeats a line.
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::Forbidden(err) => err.fmt(f),
-            Error::Unauthorized(err) => err.fmt(f),
-            Error::Token(err) => err.fmt(f),
-            Error::InsecureTransport(err) => err.fmt(f),
-            Error::Service(err) => err.fmt(f),
-        }
+        fmt::Display::fmt(self.wrapped(), f)
     }
 }
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Error::Forbidden(err) => err.source(),
-            Error::Unauthorized(err) => err.source(),
-            Error::Token(err) => err.source(),
-            Error::InsecureTransport(err) => err.source(),
-            Error::Service(err) => err.source(),
-        }
+        self.wrapped().source()
     }
 }
 
@@ -434,42 +434,32 @@ impl TokenErrorDetails {
     }
 
     /// The Token API's status.
-    pub(crate) fn with_status(self, status: StatusCode) -> Self {
-        Self {
-            status: Some(status),
-            ..self
-        }
+    pub(crate) fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = Some(status);
+        self
     }
 
     /// The RFC 6749 `error` code.
-    pub(crate) fn with_oauth_error(self, oauth_error: Option<String>) -> Self {
-        Self {
-            oauth_error,
-            ..self
-        }
+    pub(crate) fn with_oauth_error(mut self, oauth_error: Option<String>) -> Self {
+        self.oauth_error = oauth_error;
+        self
     }
 
     /// What went wrong in words: an `error_description`, an excerpt of the
     /// body (redacted), or ours.
-    pub(crate) fn with_description(self, description: impl Into<String>) -> Self {
-        Self {
-            description: Some(description.into()),
-            ..self
-        }
+    pub(crate) fn with_description(mut self, description: impl Into<String>) -> Self {
+        self.description = Some(description.into());
+        self
     }
 
-    pub(crate) fn with_retry_after(self, retry_after: Option<Duration>) -> Self {
-        Self {
-            retry_after,
-            ..self
-        }
+    pub(crate) fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
+        self.retry_after = retry_after;
+        self
     }
 
-    pub(crate) fn with_cause(self, cause: impl Into<BoxError>) -> Self {
-        Self {
-            source: Some(cause.into()),
-            ..self
-        }
+    pub(crate) fn with_cause(mut self, cause: impl Into<BoxError>) -> Self {
+        self.source = Some(cause.into());
+        self
     }
 }
 

@@ -246,7 +246,7 @@ pub(crate) async fn rejection<R: AuthResponse>(response: R, sent: Sent) -> Error
     let Sent { cache, generation } = sent;
     let recent = cache.recent();
     let unauthorized = response.status() == StatusCode::UNAUTHORIZED;
-    let reason = unauthorized.then(|| cache.unauthorized(generation));
+    let reason = unauthorized.then(|| cache.invalidate(generation));
     let body = response.read_body().await;
     let config = cache.config();
     let tokens = recent.iter().flatten().map(|entry| entry.token.secret());

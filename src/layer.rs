@@ -5,12 +5,11 @@
 use std::fmt;
 use std::sync::Arc;
 
-use secrecy::SecretString;
 use tower::Layer;
 
 use crate::error::{ConfigError, TokenError};
 use crate::origin::AllowedOrigins;
-use crate::stats::{Counters, Stats};
+use crate::stats::Stats;
 use crate::token::cache::{CacheConfig, Supply};
 use crate::token::client_credentials::{ClientAuth, ClientCredentials, DEFAULT_TOKEN_URL};
 use crate::token::clock::Clock;
@@ -65,12 +64,11 @@ impl PropelAuthLayer {
     /// Server-side authentication: the Application ID and secret as HTTP Basic
     /// credentials on every request. The header is built once, here.
     pub fn basic(credentials: Credentials) -> Self {
-        let token = AccessToken::application(&credentials);
         let config = CacheConfig {
             secret: Some(credentials.secret().clone()),
-            ..CacheConfig::seeded(Supply::Application, Clock::default())
+            ..CacheConfig::new(Supply::Application)
         };
-        Self::seeded(config, token, false)
+        Self::seeded(config, AccessToken::application(&credentials), false)
     }
 
     /// Client-side authentication with tokens from Propel's Token API (the
@@ -95,7 +93,11 @@ impl PropelAuthLayer {
     }
 
     pub(crate) fn bearer_with_clock(token: AccessToken, clock: Clock) -> Self {
-        Self::seeded(CacheConfig::seeded(Supply::Given, clock), token, true)
+        let config = CacheConfig {
+            clock,
+            ..CacheConfig::new(Supply::Given)
+        };
+        Self::seeded(config, token, true)
     }
 
     fn seeded(config: CacheConfig, token: AccessToken, expires: bool) -> Self {
@@ -263,43 +265,43 @@ impl fmt::Debug for CustomSource {
     }
 }
 
+// Sealed: nobody outside can name the trait or its crate-private types.
+#[allow(private_interfaces)]
 mod sealed {
-    use std::sync::Arc;
+    use crate::token::cache::{CacheConfig, Supply};
+    use crate::{ConfigError, Settings};
 
-    use secrecy::SecretString;
-
-    use crate::{ConfigError, TokenSource};
-
-    /// What a builder turns into the layer's token source, and the secret
-    /// to keep out of error messages.
+    /// What a builder turns into the layer's cache configuration: its token
+    /// source, the secret to keep out of error messages, a shared cache.
     pub trait IntoSource {
-        fn into_source(self) -> Result<(Arc<dyn TokenSource>, Option<SecretString>), ConfigError>;
+        fn into_config(self, settings: &Settings) -> Result<CacheConfig, ConfigError>;
+    }
 
-        /// The shared cache behind the layer's, with what its keys derive
-        /// from: the credentials and the token URL.
-        #[cfg(feature = "shared-cache")]
-        fn shared_cache(&self) -> Option<(&crate::SharedCache, &crate::Credentials, &str)> {
-            None
+    impl IntoSource for super::CustomSource {
+        fn into_config(self, _: &Settings) -> Result<CacheConfig, ConfigError> {
+            Ok(CacheConfig::new(Supply::Minted(self.0)))
         }
     }
-}
 
-impl sealed::IntoSource for CustomSource {
-    fn into_source(self) -> Result<(Arc<dyn TokenSource>, Option<SecretString>), ConfigError> {
-        Ok((self.0, None))
-    }
-}
-
-impl sealed::IntoSource for ClientCredentials {
-    fn into_source(self) -> Result<(Arc<dyn TokenSource>, Option<SecretString>), ConfigError> {
-        let secret = self.credentials.secret().clone();
-        Ok((Arc::new(self.exchange()?), Some(secret)))
-    }
-
-    #[cfg(feature = "shared-cache")]
-    fn shared_cache(&self) -> Option<(&crate::SharedCache, &Credentials, &str)> {
-        let shared = self.shared_cache.as_ref()?;
-        Some((shared, &self.credentials, &self.token_url))
+    impl IntoSource for super::ClientCredentials {
+        fn into_config(self, settings: &Settings) -> Result<CacheConfig, ConfigError> {
+            #[cfg(feature = "shared-cache")]
+            let second_level = match &self.shared_cache {
+                Some(shared) => {
+                    Some(shared.second_level(&self.credentials, &self.token_url, settings)?)
+                }
+                None => None,
+            };
+            #[cfg(not(feature = "shared-cache"))]
+            let _ = settings;
+            let secret = self.credentials.secret().clone();
+            Ok(CacheConfig {
+                secret: Some(secret),
+                #[cfg(feature = "shared-cache")]
+                second_level,
+                ..CacheConfig::new(Supply::Minted(std::sync::Arc::new(self.exchange()?)))
+            })
+        }
     }
 }
 
@@ -362,24 +364,9 @@ impl<Source> TokenLayerBuilder<Source> {
             None => AllowedOrigins::default_api(),
             Some(urls) => AllowedOrigins::parse(urls)?,
         };
-        #[cfg(feature = "shared-cache")]
-        let second_level = match self.source.shared_cache() {
-            Some((shared, credentials, token_url)) => {
-                Some(shared.second_level(credentials, token_url, &self.settings)?)
-            }
-            None => None,
-        };
-        #[cfg(not(feature = "shared-cache"))]
-        let second_level = None;
-        let (source, secret) = self.source.into_source()?;
-        let config = CacheConfig {
-            supply: Supply::Minted(source),
-            settings: self.settings,
-            clock,
-            counters: Counters::default(),
-            secret,
-            second_level,
-        };
+        let mut config = self.source.into_config(&self.settings)?;
+        config.clock = clock;
+        config.settings = self.settings;
         let store = TokenStore::renewable(self.params, Arc::new(config));
         Ok(PropelAuthLayer::new(store, origins))
     }

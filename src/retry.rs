@@ -94,14 +94,17 @@ impl TransientErrors {
     }
 
     fn next(&mut self, err: &impl RetryError) -> Option<Pin<Box<tokio::time::Sleep>>> {
-        if !err.is_transient() || self.retries_left == 0 {
+        let error = err.as_crate_error();
+        let transient = error.map_or_else(|| err.timed_out(), Error::is_transient);
+        if !transient || self.retries_left == 0 {
             return None;
         }
         self.retries_left -= 1;
-        if err.needs_new_token() {
+        // A 401 whose token was dropped: the fresh token cures it, no wait helps.
+        if let Some(Error::Unauthorized(_)) = error {
             return Some(Box::pin(tokio::time::sleep(Duration::ZERO)));
         }
-        let retry_after = err.retry_after();
+        let retry_after = error.and_then(Error::retry_after);
         let backoff = self.backoff.get_or_insert_with(|| {
             make_backoff(self.min, self.max).expect("checked when the policy was made")
         });
@@ -138,30 +141,27 @@ fn make_backoff(min: Duration, max: Duration) -> Result<ExponentialBackoff, crat
 /// Whether a boxed error (from a stack of tower layers) is worth retrying:
 /// this crate's transient errors and elapsed `tower::timeout`s.
 pub fn is_transient(err: &BoxError) -> bool {
-    if let Some(err) = err.downcast_ref::<Error>() {
-        return err.is_transient();
-    }
-    err.is::<tower::timeout::error::Elapsed>()
+    err.as_crate_error()
+        .map_or_else(|| err.timed_out(), Error::is_transient)
 }
 
 /// What the policy needs of requests and errors, for the types it serves:
 /// `http::Request` and `reqwest::Request`; this crate's [`Error`] and the
 /// [`BoxError`] of a stack of tower layers around it. Sealed.
 mod sealed {
-    use std::time::Duration;
-
     #[allow(unreachable_pub)]
     pub trait RetryRequest: Sized {
-        /// A copy, when the body can be replayed.
+        /// A copy, when the body can be sent again.
         fn try_clone_request(&self) -> Option<Self>;
     }
 
     #[allow(unreachable_pub)]
     pub trait RetryError {
-        fn is_transient(&self) -> bool;
-        fn retry_after(&self) -> Option<Duration>;
-        /// A 401 whose token was dropped: a fresh token cures it, no wait helps.
-        fn needs_new_token(&self) -> bool;
+        fn as_crate_error(&self) -> Option<&crate::Error>;
+        /// A `tower::timeout` that elapsed.
+        fn timed_out(&self) -> bool {
+            false
+        }
     }
 }
 
@@ -210,31 +210,18 @@ impl RetryRequest for reqwest::Request {
 }
 
 impl RetryError for Error {
-    fn is_transient(&self) -> bool {
-        Error::is_transient(self)
-    }
-
-    fn retry_after(&self) -> Option<Duration> {
-        Error::retry_after(self)
-    }
-
-    fn needs_new_token(&self) -> bool {
-        matches!(self, Error::Unauthorized(_))
+    fn as_crate_error(&self) -> Option<&Error> {
+        Some(self)
     }
 }
 
 impl RetryError for BoxError {
-    fn is_transient(&self) -> bool {
-        is_transient(self)
+    fn as_crate_error(&self) -> Option<&Error> {
+        self.downcast_ref()
     }
 
-    fn retry_after(&self) -> Option<Duration> {
-        self.downcast_ref::<Error>().and_then(Error::retry_after)
-    }
-
-    fn needs_new_token(&self) -> bool {
-        self.downcast_ref::<Error>()
-            .is_some_and(RetryError::needs_new_token)
+    fn timed_out(&self) -> bool {
+        self.is::<tower::timeout::error::Elapsed>()
     }
 }
 

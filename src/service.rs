@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use http::header::AUTHORIZATION;
 use http::HeaderValue;
@@ -114,30 +115,6 @@ impl<S> PropelAuth<S> {
         &self.shared
     }
 
-    fn start<Req>(&mut self, mut request: Req) -> ResponseFuture<S, Req>
-    where
-        S: Service<Req> + Clone,
-        Req: AuthRequest,
-    {
-        match self.route(&mut request) {
-            Route::Attach(header, sent) => {
-                ResponseFuture::send(&mut self.inner, request, header, sent)
-            }
-            Route::PassThrough => ResponseFuture::passed_through(self.inner.call(request)),
-            Route::Insecure(origin) => {
-                ResponseFuture::failed(Error::InsecureTransport(InsecureTransport::new(origin)))
-            }
-            Route::Wait(cache) => {
-                // Give back what `poll_ready` reserved (a concurrency permit,
-                // a buffer slot) while the request waits: the future readies
-                // a clone once the credential is here.
-                let unready = self.inner.clone();
-                self.inner = unready.clone();
-                ResponseFuture::awaiting_token(cache, request, unready)
-            }
-        }
-    }
-
     /// Where the request goes, which cache serves it and whether that
     /// cache's credential is usable: one pass. Whether the caller set its own
     /// header is known when the header goes in (`ResponseFuture::send`).
@@ -168,52 +145,43 @@ impl<S> PropelAuth<S> {
     }
 }
 
-impl<S, B, RB> Service<http::Request<B>> for PropelAuth<S>
+/// For `http::Request` and (feature `reqwest`) `reqwest::Request`: the
+/// implementors of [`AuthRequest`].
+impl<S, Req> Service<Req> for PropelAuth<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<RB>> + Clone,
+    Req: AuthRequest,
+    S: Service<Req> + Clone,
+    S::Response: AuthResponse,
     S::Error: Into<BoxError>,
-    http::Response<RB>: AuthResponse,
 {
-    type Response = http::Response<RB>;
+    type Response = S::Response;
     type Error = Error;
-    type Future = ResponseFuture<S, http::Request<B>>;
+    type Future = ResponseFuture<S, Req>;
 
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner
             .poll_ready(cx)
             .map_err(|err| Error::Service(err.into()))
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        self.start(request)
-    }
-}
-
-#[cfg(feature = "reqwest")]
-#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
-impl<S> Service<reqwest::Request> for PropelAuth<S>
-where
-    S: Service<reqwest::Request, Response = reqwest::Response> + Clone,
-    S::Error: Into<BoxError>,
-{
-    type Response = reqwest::Response;
-    type Error = Error;
-    type Future = ResponseFuture<S, reqwest::Request>;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner
-            .poll_ready(cx)
-            .map_err(|err| Error::Service(err.into()))
-    }
-
-    fn call(&mut self, request: reqwest::Request) -> Self::Future {
-        self.start(request)
+    fn call(&mut self, mut request: Req) -> Self::Future {
+        match self.route(&mut request) {
+            Route::Attach(header, sent) => {
+                ResponseFuture::send(&mut self.inner, request, header, sent)
+            }
+            Route::PassThrough => ResponseFuture::passed_through(self.inner.call(request)),
+            Route::Insecure(origin) => {
+                ResponseFuture::failed(Error::InsecureTransport(InsecureTransport::new(origin)))
+            }
+            Route::Wait(cache) => {
+                // Give back what `poll_ready` reserved (a concurrency permit,
+                // a buffer slot) while the request waits: the future readies
+                // a clone once the credential is here.
+                let unready = self.inner.clone();
+                self.inner = unready.clone();
+                ResponseFuture::awaiting_token(cache, request, unready)
+            }
+        }
     }
 }
 

@@ -68,12 +68,12 @@ pub(crate) struct CacheConfig {
 }
 
 impl CacheConfig {
-    /// The configuration of a seeded cache: nothing to renew, nothing to tune.
-    pub(crate) fn seeded(supply: Supply, clock: Clock) -> Self {
+    /// `supply` with the default settings and clock, no secret, no second level.
+    pub(crate) fn new(supply: Supply) -> Self {
         Self {
             supply,
             settings: Settings::default(),
-            clock,
+            clock: Clock::default(),
             counters: Counters::default(),
             secret: None,
             second_level: None,
@@ -229,51 +229,27 @@ enum Join {
     Flight { flight: u64, lost_at: Time },
 }
 
-/// What [`TokenCache::invalidate`] did with a credential a 401 rejected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Invalidated {
-    /// It was dropped; the next request fetches a new one.
-    Dropped,
-    /// It had already been replaced: the next request uses another token.
-    AlreadyReplaced,
-    /// It was dropped, but it had itself replaced a token a 401 rejected
-    /// moments before: the request's second 401, final.
-    DroppedAgain,
-    /// Another 401 dropped a token less than a cool-down ago: this one is
-    /// kept, so that a server rejecting every token cannot cause a refresh
-    /// storm.
-    Throttled,
-    /// Seeded credentials: there is nothing to renew them with.
-    Kept,
-}
-
 impl TokenCache {
     /// An empty cache that fetches its first token when asked.
     pub(crate) fn new(params: TokenParams, config: Arc<CacheConfig>) -> Self {
         Self::with_current(params, config, None)
     }
 
-    /// A cache seeded with `token`: never renewed. It goes stale a safety
-    /// margin before `token` expires, or never when `expires` is false.
+    /// A cache seeded with `token`, never renewed: it goes stale a safety
+    /// margin before `token` expires (at once if it already is inside it,
+    /// so requests get `Expired`), or never when `expires` is false.
     pub(crate) fn seeded(config: Arc<CacheConfig>, token: AccessToken, expires: bool) -> Self {
         let now = config.clock.now();
-        let deadlines = match expires {
-            false => Deadlines {
-                refresh_at: Time::NEVER,
-                stale_at: Time::NEVER,
-            },
-            // One already inside its margin is stale at once: requests get
-            // `Expired`, the same error as when it goes stale later.
-            true => Deadlines {
-                refresh_at: Time::NEVER,
-                ..deadlines(&config.settings, &token, now).unwrap_or(Deadlines {
-                    refresh_at: now,
-                    stale_at: now,
-                })
-            },
+        let stale_at = match expires {
+            true => deadlines(&config.settings, &token, now).map_or(now, |d| d.stale_at),
+            false => Time::NEVER,
         };
-        let entry = Entry::new(1, token, now, deadlines);
-        Self::with_current(TokenParams::default(), config, Some(Arc::new(entry)))
+        let deadlines = Deadlines {
+            refresh_at: Time::NEVER,
+            stale_at,
+        };
+        let entry = Arc::new(Entry::new(1, token, now, deadlines));
+        Self::with_current(TokenParams::default(), config, Some(entry))
     }
 
     fn with_current(
@@ -281,16 +257,16 @@ impl TokenCache {
         config: Arc<CacheConfig>,
         current: Option<Arc<Entry>>,
     ) -> Self {
-        let counter = current.as_ref().map_or(0, |entry| entry.generation);
+        let slow = Slow {
+            phase: Phase::Idle,
+            counter: current.as_ref().map_or(0, |entry| entry.generation),
+            previous: None,
+            last_drop: None,
+        };
         Self {
             inner: Arc::new(CacheInner {
                 current: ArcSwapOption::new(current),
-                slow: Mutex::new(Slow {
-                    phase: Phase::Idle,
-                    counter,
-                    previous: None,
-                    last_drop: None,
-                }),
+                slow: Mutex::new(slow),
                 landed: watch::Sender::new(None),
                 params,
                 config,
@@ -392,25 +368,27 @@ impl TokenCache {
 
     /// After a 401: drops the entry of `generation` if it is still current,
     /// it can be renewed, and no other 401 dropped one less than a cool-down
-    /// ago; then starts fetching the next token, so the retry finds it on
-    /// its way.
-    pub(crate) fn invalidate(&self, generation: u64) -> Invalidated {
+    /// ago (so that a server rejecting every token cannot cause a refresh
+    /// storm); then starts fetching the next token, so the retry finds it on
+    /// its way. Says what the 401 means for the next attempt.
+    pub(crate) fn invalidate(&self, generation: u64) -> UnauthorizedReason {
         let inner = &self.inner;
-        if !matches!(inner.config.supply, Supply::Minted(_)) {
-            return Invalidated::Kept;
+        match inner.config.supply {
+            Supply::Application => return UnauthorizedReason::ApplicationCredentials,
+            Supply::Given => return UnauthorizedReason::GivenToken,
+            Supply::Minted(_) => {}
         }
         let now = inner.config.clock.now();
         let mut slow = inner.lock_slow();
-        let Some(rejected) = inner.current.load_full() else {
-            return Invalidated::AlreadyReplaced;
+        let current = inner.current.load_full();
+        let Some(rejected) = current.filter(|entry| entry.generation == generation) else {
+            // Already replaced: the next attempt carries another token.
+            return UnauthorizedReason::Curable;
         };
-        if rejected.generation != generation {
-            return Invalidated::AlreadyReplaced;
-        }
         let cooldown = inner.config.settings.cooldown;
         if slow.last_drop.is_some_and(|at| now < at + cooldown) {
             tracing::debug!("a 401 within the cool-down of the last one; keeping the token");
-            return Invalidated::Throttled;
+            return UnauthorizedReason::Throttled;
         }
         // Publishing happens under this lock too: the entry is still current.
         inner.current.store(None);
@@ -420,31 +398,15 @@ impl TokenCache {
         Counters::bump(&inner.config.counters.tokens_rejected);
         tracing::info!("Propel rejected the cached access token with 401; fetching a new one");
         if !inner.is_fetching(&slow, now) {
-            match inner.start_flight(&mut slow, now) {
-                Ok(spawn) => {
-                    drop(slow);
-                    spawn.spawn();
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "could not start a token fetch after a 401")
-                }
+            if let Err(err) = inner.start_flight(slow, now) {
+                tracing::warn!(error = %err, "could not start a token fetch after a 401");
             }
         }
-        if again {
-            Invalidated::DroppedAgain
-        } else {
-            Invalidated::Dropped
-        }
-    }
-
-    /// What a 401 on this cache's entry of `generation` means for the next attempt.
-    pub(crate) fn unauthorized(&self, generation: u64) -> UnauthorizedReason {
-        match (&self.inner.config.supply, self.invalidate(generation)) {
-            (Supply::Application, _) => UnauthorizedReason::ApplicationCredentials,
-            (Supply::Given, _) | (_, Invalidated::Kept) => UnauthorizedReason::GivenToken,
-            (_, Invalidated::Dropped | Invalidated::AlreadyReplaced) => UnauthorizedReason::Curable,
-            (_, Invalidated::DroppedAgain) => UnauthorizedReason::FreshTokenRejected,
-            (_, Invalidated::Throttled) => UnauthorizedReason::Throttled,
+        // A token that itself replaced a rejected one, moments ago: the
+        // request's second 401.
+        match again {
+            true => UnauthorizedReason::FreshTokenRejected,
+            false => UnauthorizedReason::Curable,
         }
     }
 }
@@ -468,7 +430,7 @@ impl CacheInner {
     /// usable, join the flight in progress, fail fast during a cool-down,
     /// or start a flight.
     fn join(self: &Arc<Self>, now: Time) -> Join {
-        let mut slow = self.lock_slow();
+        let slow = self.lock_slow();
         if let Some(entry) = self.usable(now) {
             return Join::Ready(Ok(entry));
         }
@@ -488,16 +450,11 @@ impl CacheInner {
         if !matches!(self.config.supply, Supply::Minted(_)) {
             return Join::Ready(Err(TokenError::new(TokenErrorKind::Expired)));
         }
-        match self.start_flight(&mut slow, now) {
-            Ok(spawn) => {
-                let flight = slow.counter;
-                drop(slow);
-                spawn.spawn();
-                Join::Flight {
-                    flight,
-                    lost_at: now + timeout,
-                }
-            }
+        match self.start_flight(slow, now) {
+            Ok(flight) => Join::Flight {
+                flight,
+                lost_at: now + timeout,
+            },
             Err(err) => Join::Ready(Err(err)),
         }
     }
@@ -516,7 +473,7 @@ impl CacheInner {
     /// fetch is in flight, or another reader started it first.
     #[cold]
     fn refresh_ahead(self: &Arc<Self>, entry: &Entry, now: Time) {
-        let mut slow = self.lock_slow();
+        let slow = self.lock_slow();
         let still_current = self
             .current
             .load()
@@ -526,44 +483,42 @@ impl CacheInner {
             return;
         }
         tracing::debug!("access token due for refresh; fetching the next one in the background");
-        match self.start_flight(&mut slow, now) {
-            Ok(spawn) => {
-                entry.refresh_from(Time::NEVER);
-                drop(slow);
-                spawn.spawn();
-            }
-            Err(err) => {
-                // Not on a runtime: a reader that is tries after a while.
-                entry.refresh_from(now + self.config.settings.backoff_base);
-                tracing::warn!(error = %err, "could not start a background token refresh");
-            }
+        entry.refresh_from(Time::NEVER);
+        if let Err(err) = self.start_flight(slow, now) {
+            // Not on a runtime: a reader that is tries after a while.
+            entry.refresh_from(now + self.config.settings.backoff_base);
+            tracing::warn!(error = %err, "could not start a background token refresh");
         }
     }
 
-    /// Records a new flight; the caller spawns its task once the lock is
-    /// released (a runtime that is shutting down drops the task at once, and
-    /// the guard's `Drop` takes the lock).
-    fn start_flight(self: &Arc<Self>, slow: &mut Slow, now: Time) -> Result<Spawn, TokenError> {
+    /// Records a new flight and spawns its task once the lock is released:
+    /// a runtime that is shutting down drops the task at once, and the
+    /// guard's `Drop` takes the lock.
+    fn start_flight(
+        self: &Arc<Self>,
+        mut slow: MutexGuard<'_, Slow>,
+        now: Time,
+    ) -> Result<u64, TokenError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             TokenError::permanent(
                 "a token fetch needs a tokio runtime (with its timer enabled), and none is running on this thread",
             )
         })?;
         slow.counter += 1;
+        let flight = slow.counter;
         slow.phase = Phase::Fetching {
-            flight: slow.counter,
+            flight,
             started: now,
         };
         let previous = self.current.load_full().or_else(|| slow.previous.clone());
-        Ok(Spawn {
-            runtime,
-            guard: FlightGuard {
-                cache: Arc::clone(self),
-                flight: slow.counter,
-                ended: false,
-            },
-            previous: previous.map(|entry| entry.token.clone()),
-        })
+        drop(slow);
+        let guard = FlightGuard {
+            cache: Arc::clone(self),
+            flight,
+            ended: false,
+        };
+        runtime.spawn(guard.run(previous.map(|entry| entry.token.clone())));
+        Ok(flight)
     }
 
     /// One token request (through the second level, if any), under the
@@ -744,19 +699,6 @@ fn deadlines(settings: &Settings, token: &AccessToken, now: Time) -> Result<Dead
 fn random_unit() -> f64 {
     use tower::util::rng::Rng as _;
     tower::util::rng::HasherRng::default().next_f64()
-}
-
-/// A flight decided under the lock, spawned after it is released.
-struct Spawn {
-    runtime: tokio::runtime::Handle,
-    guard: FlightGuard,
-    previous: Option<AccessToken>,
-}
-
-impl Spawn {
-    fn spawn(self) {
-        self.runtime.spawn(self.guard.run(self.previous));
-    }
 }
 
 /// Owns a flight's task: ends the flight with the fetch's result (a token
