@@ -177,15 +177,7 @@ where
     where
         Req: AuthRequest,
     {
-        // One hash for the insert and the check for the caller's own header:
-        // `append` says whether there was one (rarely), and then ours goes.
-        let headers = request.headers_mut();
-        let sent = if headers.append(AUTHORIZATION, header) {
-            take_back_last(headers);
-            None
-        } else {
-            Some(sent)
-        };
+        let sent = attach(request.headers_mut(), header).then_some(sent);
         State::Calling {
             future: service.call(request),
             sent,
@@ -224,6 +216,18 @@ where
             }),
         }
     }
+}
+
+/// Puts `header` in as the `Authorization` header, unless the caller set
+/// one; whether it went in. One hash for the insert and the check: `append`
+/// says whether there was one (rarely), and then ours goes.
+#[inline]
+pub(crate) fn attach(headers: &mut HeaderMap, header: HeaderValue) -> bool {
+    if headers.append(AUTHORIZATION, header) {
+        take_back_last(headers);
+        return false;
+    }
+    true
 }
 
 /// Removes the `Authorization` value appended last, keeping the caller's.

@@ -172,9 +172,13 @@ impl PropelAuthLayer {
         }
     }
 
-    #[cfg(test)]
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// A tenant view's parameters.
+    pub(crate) fn params(&self) -> Option<&TokenParams> {
+        self.params.as_ref()
     }
 
     /// The counters of this layer, its clones, its views and their services.

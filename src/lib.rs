@@ -85,6 +85,9 @@ mod error_body;
 mod future;
 mod layer;
 mod message;
+#[cfg(feature = "reqwest-middleware")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest-middleware")))]
+pub mod middleware;
 mod origin;
 pub mod retry;
 mod scope;
@@ -117,6 +120,8 @@ pub use error::{
 pub use future::ResponseFuture;
 pub use layer::{CustomSource, PropelAuthLayer, TokenLayerBuilder};
 pub use message::{AuthRequest, AuthResponse};
+#[cfg(feature = "reqwest-middleware")]
+pub use middleware::PropelAuthMiddleware;
 pub use origin::DEFAULT_API_URL;
 pub use scope::Scope;
 pub use service::PropelAuth;

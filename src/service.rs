@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::header::AUTHORIZATION;
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue};
 use tower::{BoxError, Service};
 
 use crate::error::{Error, InsecureTransport};
@@ -69,8 +69,35 @@ impl std::ops::Deref for DefaultSlot {
     }
 }
 
+/// Where a request stands, decided once: not ours, refused, or served by a
+/// cache (`None`: the layer's default one, which a service reads faster).
+pub(crate) enum Place {
+    /// Another origin: not ours to touch.
+    PassThrough,
+    /// An allowed host over plain HTTP: nothing is sent.
+    Insecure(String),
+    /// An allowed origin, served by this parameter set's cache or the default.
+    Served(Option<TokenCache>),
+}
+
+impl Shared {
+    /// Places a request for `request`'s target that carries `params`.
+    #[inline]
+    pub(crate) fn place<Req: AuthRequest>(
+        &self,
+        request: &Req,
+        params: Option<&TokenParams>,
+    ) -> Place {
+        match request.decide(&self.origins) {
+            Decision::Attach => Place::Served(params.and_then(|params| self.store.keyed(params))),
+            Decision::PassThrough => Place::PassThrough,
+            Decision::Insecure(origin) => Place::Insecure(origin),
+        }
+    }
+}
+
 /// What a request gets, decided once.
-enum Route {
+pub(crate) enum Route {
     /// Not ours to touch: another origin, or the caller's own `Authorization`.
     PassThrough,
     /// An allowed host over plain HTTP: nothing is sent.
@@ -80,6 +107,24 @@ enum Route {
     Attach(HeaderValue, Sent),
     /// No usable credential yet: wait for this cache's.
     Wait(TokenCache),
+}
+
+impl Route {
+    /// The route of a request served by `cache`, whose credential check
+    /// gave `cached`; `headers` are the request's.
+    #[inline]
+    pub(crate) fn served(
+        cache: TokenCache,
+        cached: Option<(HeaderValue, u64)>,
+        headers: &HeaderMap,
+    ) -> Self {
+        match cached {
+            Some((header, generation)) => Route::Attach(header, Sent { cache, generation }),
+            // A request with its own credentials never waits for ours.
+            None if headers.contains_key(AUTHORIZATION) => Route::PassThrough,
+            None => Route::Wait(cache),
+        }
+    }
 }
 
 impl<S> PropelAuth<S> {
@@ -120,28 +165,21 @@ impl<S> PropelAuth<S> {
     /// header is known when the header goes in (`ResponseFuture::send`).
     #[inline]
     fn route<Req: AuthRequest>(&mut self, request: &mut Req) -> Route {
-        match request.decide(&self.shared.origins) {
-            Decision::Attach => {}
-            Decision::PassThrough => return Route::PassThrough,
-            Decision::Insecure(origin) => return Route::Insecure(origin),
-        }
         let params = request.token_params().or(self.params.as_ref());
-        let (cache, cached) = match params.and_then(|params| self.shared.store.keyed(params)) {
-            Some(keyed) => {
+        let (cache, cached) = match self.shared.place(request, params) {
+            Place::PassThrough => return Route::PassThrough,
+            Place::Insecure(origin) => return Route::Insecure(origin),
+            Place::Served(Some(keyed)) => {
                 let cached = keyed.cached();
                 (keyed, cached)
             }
-            None => {
+            Place::Served(None) => {
                 let entry = self.current.load().as_deref();
                 let cached = entry.and_then(|entry| self.default.check(entry));
                 (self.default.clone(), cached)
             }
         };
-        match cached {
-            Some((header, generation)) => Route::Attach(header, Sent { cache, generation }),
-            None if request.headers_mut().contains_key(AUTHORIZATION) => Route::PassThrough,
-            None => Route::Wait(cache),
-        }
+        Route::served(cache, cached, request.headers_mut())
     }
 }
 
