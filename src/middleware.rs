@@ -152,7 +152,8 @@ async fn route(
             let err = Error::InsecureTransport(InsecureTransport::new(origin));
             return Err(reqwest_middleware::Error::middleware(err));
         }
-        Place::Served(keyed) => keyed.unwrap_or_else(|| shared.store.default_cache().clone()),
+        Place::Default => shared.store.default_cache().clone(),
+        Place::Keyed(keyed) => keyed,
     };
     loop {
         let cached = cache.cached();

@@ -69,15 +69,17 @@ impl std::ops::Deref for DefaultSlot {
     }
 }
 
-/// Where a request stands, decided once: not ours, refused, or served by a
-/// cache (`None`: the layer's default one, which a service reads faster).
+/// Where a request stands, decided once: not ours, refused, or which cache
+/// serves it.
 pub(crate) enum Place {
     /// Another origin: not ours to touch.
     PassThrough,
     /// An allowed host over plain HTTP: nothing is sent.
     Insecure(String),
-    /// An allowed origin, served by this parameter set's cache or the default.
-    Served(Option<TokenCache>),
+    /// The layer's default cache (a service reads it faster).
+    Default,
+    /// The cache of the request's own parameter set.
+    Keyed(TokenCache),
 }
 
 impl Shared {
@@ -89,7 +91,10 @@ impl Shared {
         params: Option<&TokenParams>,
     ) -> Place {
         match request.decide(&self.origins) {
-            Decision::Attach => Place::Served(params.and_then(|params| self.store.keyed(params))),
+            Decision::Attach => match params.and_then(|params| self.store.keyed(params)) {
+                Some(keyed) => Place::Keyed(keyed),
+                None => Place::Default,
+            },
             Decision::PassThrough => Place::PassThrough,
             Decision::Insecure(origin) => Place::Insecure(origin),
         }
@@ -169,11 +174,11 @@ impl<S> PropelAuth<S> {
         let (cache, cached) = match self.shared.place(request, params) {
             Place::PassThrough => return Route::PassThrough,
             Place::Insecure(origin) => return Route::Insecure(origin),
-            Place::Served(Some(keyed)) => {
+            Place::Keyed(keyed) => {
                 let cached = keyed.cached();
                 (keyed, cached)
             }
-            Place::Served(None) => {
+            Place::Default => {
                 let entry = self.current.load().as_deref();
                 let cached = entry.and_then(|entry| self.default.check(entry));
                 (self.default.clone(), cached)
