@@ -33,7 +33,7 @@ const IDLE: Duration = Duration::from_millis(2500);
 /// Fails on the previous core (0809309), whose hot path read no clock and
 /// relied on a timer task to drop a stale token: the second request went out
 /// with the stale token before that task could run (a 200 on the old token,
-/// or, past its `exp`, a 401 and a replay).
+/// or, past its `exp`, a 401 and a retry).
 #[test]
 fn a_token_that_went_stale_while_the_runtime_was_not_driven_is_never_sent() {
     let fake = FakeOnItsOwnRuntime::start();

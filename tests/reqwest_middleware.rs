@@ -8,8 +8,7 @@
 
 mod support;
 
-use std::io;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use futures_util::future::join_all;
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, RequestBuilder};
@@ -19,23 +18,8 @@ use tower_propel_auth::{Error, PropelAuthLayer, Scope, TokenParams};
 
 use support::{
     graphql_body, metric_only_application, start, tenanted_application, token_layer,
-    token_layer_with, DATA_POOL_QUERY,
+    token_layer_with, Logs, DATA_POOL_QUERY,
 };
-
-/// Everything `tracing` writes in this test binary, at every level.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 /// The binary's one global subscriber, installed by the first test to ask.
 fn logs() -> &'static Logs {
@@ -214,7 +198,7 @@ async fn no_secret_or_token_shows_in_an_error_or_a_log_line() {
         errors.push(format!("{err} {err:?} {:?}", propel_error(&err)));
     }
     let secret = fake.application_secret();
-    let logs = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let logs = logs.text();
     assert!(
         logs.contains("fetched a Propel access token"),
         "logs were captured"

@@ -9,7 +9,6 @@
 
 mod support;
 
-use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,33 +27,13 @@ use tracing_subscriber::fmt::format::FmtSpan;
 use tracing_subscriber::EnvFilter;
 
 use support::{
-    closed_port, graphql, hyper_client, settings, token_layer_with, HyperClient, DATA_POOL_QUERY,
+    closed_port, graphql, hyper_client, settings, token_layer_with, HyperClient, Logs,
+    DATA_POOL_QUERY,
 };
 
 const APPLICATION: &str = "APP01SENTINELAPPLICATION";
 const SECRET: &str = "SENTINEL-SECRET-8c1f4e2a9b7d6c5e3f1a0b9c8d7e6f5a";
 const WRONG_SECRET: &str = "SENTINEL-WRONG-SECRET-5d2e7f1c9a3b8e4d6f0a";
-
-/// Everything `tracing` writes, shared with the subscriber.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
 
 /// The `Authorization` header of every request the inner service received.
 #[derive(Clone, Default)]

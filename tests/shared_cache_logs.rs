@@ -22,21 +22,7 @@ use tower_propel_auth::{Credentials, FakePropel, TokenParams};
 
 use redis_server::RedisServer;
 use shared::query;
-use support::token_layer_with;
-/// Everything `tracing` writes, shared with the subscriber.
-#[derive(Clone, Default)]
-struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use support::{token_layer_with, Logs};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_round_trip_has_a_span_and_no_log_shows_a_token_the_secret_or_a_value() {
@@ -79,7 +65,7 @@ async fn each_round_trip_has_a_span_and_no_log_shows_a_token_the_secret_or_a_val
     assert_eq!(c.stats().store_rejected_values, 1);
     assert_eq!(c.stats().store_fallbacks, 1);
 
-    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let text = logs.text();
     for op in ["get", "lock", "put", "unlock"] {
         assert!(
             text.contains(&format!("propel.shared_cache{{op=\"{op}\"")),
