@@ -1,9 +1,7 @@
 //! The errors a request through [`PropelAuth`](crate::PropelAuth) can end in.
 //!
-//! [`Error`] is what the service returns. Every variant wraps a type of its
-//! own so that a caller can match on the kind and still read the details
-//! through accessors. All of them downcast from [`tower::BoxError`], so they
-//! survive `ServiceBuilder` stacks that box errors:
+//! Each variant of [`Error`] wraps a type with accessors for the details. All
+//! downcast from [`tower::BoxError`], so they survive stacks that box errors:
 //!
 //! ```
 //! use tower::BoxError;
@@ -48,12 +46,10 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether trying the same request again later may succeed: a Token API
-    /// outage, rate limit or timeout, an error of the inner service
-    /// (connection failures and the like), or a 401 that a fresh token may
-    /// cure ([`Unauthorized::is_transient`]). Never true for a 403, a Token
-    /// API 4xx other than 429, or insecure transport: those need a change of
-    /// configuration, not patience.
+    /// Whether the same request may succeed later: a Token API outage, rate
+    /// limit or timeout, an inner-service error, or a 401 a fresh token may
+    /// cure ([`Unauthorized::is_transient`]). Never for a 403, a Token API 4xx
+    /// other than 429, or insecure transport: those need a configuration change.
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Token(err) => err.is_transient(),
@@ -82,9 +78,7 @@ impl Error {
             Error::Service(_) => None,
         }
     }
-}
 
-impl Error {
     fn wrapped(&self) -> &(dyn std::error::Error + 'static) {
         match self {
             Error::Forbidden(err) => err,
@@ -96,8 +90,8 @@ impl Error {
     }
 }
 
-/// `Error` is transparent: it shows what it wraps and hands on that error's
-/// own cause, so an error chain (anyhow's `{:#}`, eyre) never repeats a line.
+/// Transparent: shows what it wraps and hands on that error's own cause, so an
+/// error chain (anyhow's `{:#}`, eyre) never repeats a line.
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self.wrapped(), f)
@@ -201,12 +195,10 @@ impl std::error::Error for Forbidden {}
 
 /// Propel answered 401.
 ///
-/// With a token, the layer dropped the rejected token (if it was still the
-/// cached one), so the next attempt carries a fresh one:
-/// [`is_transient`](Self::is_transient) says whether one may cure it, and
-/// [`retry::TransientErrors`](crate::retry::TransientErrors) sends the
-/// request once more. With Basic credentials or a bearer token there is
-/// nothing to refresh: it is final at once.
+/// The layer dropped the rejected token (if still cached), so the next attempt
+/// carries a fresh one: [`is_transient`](Self::is_transient) says whether that
+/// may cure it, and [`retry::TransientErrors`](crate::retry::TransientErrors)
+/// resends. With Basic credentials or a bearer token it is final at once.
 #[derive(Debug)]
 pub struct Unauthorized {
     reason: UnauthorizedReason,
@@ -226,8 +218,7 @@ pub(crate) enum UnauthorizedReason {
     /// A token fetched to replace one a 401 rejected moments before: final.
     FreshTokenRejected,
     /// A token kept because another 401 dropped one less than a cool-down
-    /// ago, so that a server rejecting every token cannot cause a refresh
-    /// storm: final.
+    /// ago (no refresh storm when every token is rejected): final.
     Throttled,
 }
 
@@ -264,11 +255,9 @@ impl Unauthorized {
         Self { reason, message }
     }
 
-    /// Whether sending the request again may succeed: the rejected token was
-    /// dropped (or already replaced), so the next attempt carries another.
-    /// False with Basic credentials, for a bearer token, for a 401 on a token
-    /// fetched to replace a rejected one, and for a 401 less than a
-    /// cool-down after another dropped a token.
+    /// Whether sending again may succeed: the rejected token was dropped (or
+    /// replaced). False with Basic credentials, a bearer token, a token fetched
+    /// to replace a rejected one, or within a cool-down of another drop.
     pub fn is_transient(&self) -> bool {
         self.reason == UnauthorizedReason::Curable
     }
@@ -313,9 +302,7 @@ impl InsecureTransport {
     pub fn origin(&self) -> &str {
         &self.origin
     }
-}
 
-impl InsecureTransport {
     /// What to change.
     pub fn hint(&self) -> &'static str {
         "use https: plain http is allowed only to loopback"
@@ -401,8 +388,7 @@ impl fmt::Display for TokenRequestField {
 
 /// No access token could be had.
 ///
-/// All the requests that waited on one failed token request receive the same
-/// error (it is shared, not copied).
+/// Every request that waited on one failed token request gets this same error.
 pub struct TokenError {
     inner: Arc<TokenErrorDetails>,
 }
@@ -433,20 +419,17 @@ impl TokenErrorDetails {
         }
     }
 
-    /// The Token API's status.
     pub(crate) fn with_status(mut self, status: StatusCode) -> Self {
         self.status = Some(status);
         self
     }
 
-    /// The RFC 6749 `error` code.
     pub(crate) fn with_oauth_error(mut self, oauth_error: Option<String>) -> Self {
         self.oauth_error = oauth_error;
         self
     }
 
-    /// What went wrong in words: an `error_description`, an excerpt of the
-    /// body (redacted), or ours.
+    /// An `error_description`, a redacted excerpt of the body, or ours.
     pub(crate) fn with_description(mut self, description: impl Into<String>) -> Self {
         self.description = Some(description.into());
         self
@@ -471,8 +454,7 @@ impl From<TokenErrorDetails> for TokenError {
     }
 }
 
-/// What a [`TokenErrorKind`] says, what to do about it, and whether waiting
-/// may help: one row per kind.
+/// What a [`TokenErrorKind`] says, its hint, and whether waiting may help.
 struct KindText {
     says: &'static str,
     hint: &'static str,
@@ -549,19 +531,17 @@ impl TokenError {
         TokenErrorDetails::new(kind).into()
     }
 
-    /// An error from a custom [`TokenSource`](crate::TokenSource) that
-    /// trying again will not cure (a configuration problem, a bug). Keep
-    /// secrets out of `source`: it is shown by `Display` chains.
+    /// An error from a custom [`TokenSource`](crate::TokenSource) that trying
+    /// again will not cure. Keep secrets out of `source`: `Display` chains show it.
     pub fn permanent(source: impl Into<BoxError>) -> Self {
         TokenErrorDetails::new(TokenErrorKind::Source)
             .with_cause(source)
             .into()
     }
 
-    /// An error from a custom [`TokenSource`](crate::TokenSource) that may
-    /// pass (an outage, a timeout): [`is_transient`](Self::is_transient),
-    /// so background refreshes retry it with backoff. Keep secrets out of
-    /// `source`: it is shown by `Display` chains.
+    /// An error from a custom [`TokenSource`](crate::TokenSource) that may pass
+    /// (an outage, a timeout); [`is_transient`](Self::is_transient), so background
+    /// refreshes retry it. Keep secrets out of `source`: `Display` chains show it.
     pub fn transient(source: impl Into<BoxError>) -> Self {
         TokenErrorDetails {
             transient_source: true,
@@ -620,15 +600,12 @@ impl TokenError {
     }
 
     /// Whether a later attempt may succeed: 429, 5xx, timeouts, transport
-    /// errors, and a custom source's errors made with
-    /// [`TokenError::transient`]. Any other 4xx is a configuration problem
-    /// and is never retried.
+    /// errors, and [`TokenError::transient`] source errors; never another 4xx.
     pub fn is_transient(&self) -> bool {
         self.inner.kind.text().transient || self.inner.transient_source
     }
 
-    /// The fix Propel's docs suggest: for the field the answer points at,
-    /// else for the kind of error.
+    /// The fix Propel's docs suggest, for the field at fault or else the kind.
     pub fn hint(&self) -> &'static str {
         match self.field() {
             Some(TokenRequestField::GrantType) => "send grant_type=client_credentials",
@@ -647,8 +624,7 @@ impl TokenError {
     }
 }
 
-/// Which request field an RFC 6749 error points at, from its kind and the
-/// words of its description.
+/// Which request field an RFC 6749 error points at, by kind and description.
 fn guess_field(kind: TokenErrorKind, description: Option<&str>) -> Option<TokenRequestField> {
     let text = description.unwrap_or_default().to_ascii_lowercase();
     let mentions = |words: &[&str]| words.iter().any(|word| text.contains(word));
@@ -684,7 +660,7 @@ fn guess_field(kind: TokenErrorKind, description: Option<&str>) -> Option<TokenR
 
 impl fmt::Debug for TokenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Everything in here is already redacted; forward to the details.
+        // Already redacted.
         fmt::Debug::fmt(&self.inner, f)
     }
 }
@@ -716,17 +692,12 @@ impl fmt::Display for TokenError {
 
 impl std::error::Error for TokenError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.inner
-            .source
-            .as_deref()
-            .map(|err| err as &(dyn std::error::Error + 'static))
+        Some(self.inner.source.as_deref()?)
     }
 }
 
-/// The configuration is not usable: a missing environment variable, an empty
-/// secret, a malformed URL, plain HTTP to a non-loopback Token API …
-///
-/// Returned before anything is sent.
+/// The configuration is not usable (a missing environment variable, an empty
+/// secret, a malformed URL …); returned before anything is sent.
 #[derive(Debug)]
 pub struct ConfigError {
     what: String,

@@ -7,8 +7,7 @@ use crate::error::ConfigError;
 /// When tokens are refreshed, how failures are paced, and how many parameter
 /// sets (tenants) get a token cache of their own.
 ///
-/// The defaults suit Propel's hour-long tokens; change a field and hand the
-/// settings to
+/// The defaults suit Propel's hour-long tokens. Change a field and hand them to
 /// [`TokenLayerBuilder::settings`](crate::TokenLayerBuilder::settings), which
 /// checks them when it builds.
 ///
@@ -79,29 +78,21 @@ impl Settings {
     /// Refuses settings that would spin against the Token API, hold nothing,
     /// or overflow the clock.
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |what: &str, problem: &str| Err(ConfigError::invalid(what, problem));
         if !(self.refresh_at > 0.0 && self.refresh_at <= 1.0) {
-            return Err(ConfigError::invalid(
-                "settings.refresh_at",
-                "it must be in (0, 1]",
-            ));
+            return fail("settings.refresh_at", "it must be in (0, 1]");
         }
         if !(0.0..=self.refresh_at).contains(&self.refresh_jitter) {
-            return Err(ConfigError::invalid(
-                "settings.refresh_jitter",
-                "it must be in [0, refresh_at]",
-            ));
+            return fail("settings.refresh_jitter", "it must be in [0, refresh_at]");
         }
         if self.fetch_timeout.is_zero() {
-            return Err(ConfigError::invalid(
-                "settings.fetch_timeout",
-                "it must be more than zero",
-            ));
+            return fail("settings.fetch_timeout", "it must be more than zero");
         }
         if self.backoff_base.is_zero() || self.backoff_base > self.backoff_max {
-            return Err(ConfigError::invalid(
+            return fail(
                 "settings.backoff_base",
                 "it must be more than zero and at most backoff_max",
-            ));
+            );
         }
         // As long as any token may live: longer only overflows the clock.
         const DAY: Duration = super::access_token::MAX_LIFETIME;
@@ -112,16 +103,10 @@ impl Settings {
             self.backoff_max,
         ];
         if durations.iter().any(|d| *d > DAY) {
-            return Err(ConfigError::invalid(
-                "settings",
-                "no duration may exceed a day",
-            ));
+            return fail("settings", "no duration may exceed a day");
         }
         if self.max_token_sets == 0 {
-            return Err(ConfigError::invalid(
-                "settings.max_token_sets",
-                "it must be at least 1",
-            ));
+            return fail("settings.max_token_sets", "it must be at least 1");
         }
         Ok(())
     }
