@@ -1,5 +1,4 @@
-//! The HTTP client token requests go through: any tower HTTP service the user
-//! picks (hyper-util's client, a tower-http stack), or `reqwest::Client`.
+//! [`TokenHttpClient`]: the HTTP client token requests go through.
 
 use std::fmt;
 
@@ -152,18 +151,10 @@ impl From<reqwest::Client> for TokenHttpClient {
 /// error's type, so its text is the only sign (tests/tls.rs pins it).
 #[cfg(feature = "reqwest")]
 fn lacks_tls(err: &reqwest::Error) -> bool {
-    const NOT_HTTP: &str = "invalid URL, scheme is not http";
-    if !err.is_connect() {
-        return false;
-    }
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(current) = cause {
-        if current.to_string() == NOT_HTTP {
-            return true;
-        }
-        cause = current.source();
-    }
-    false
+    let first: &(dyn std::error::Error + 'static) = err;
+    err.is_connect()
+        && std::iter::successors(Some(first), |cause| cause.source())
+            .any(|cause| cause.to_string() == "invalid URL, scheme is not http")
 }
 
 impl fmt::Debug for TokenHttpClient {
