@@ -1,14 +1,10 @@
 //! The wall clock that token deadlines are checked against.
 //!
-//! Deadlines are wall-clock times, because the server's `exp` is one and
-//! because a monotonic clock does not count a host's suspension: a token that
-//! expired while the machine slept must not go out when it wakes. Every
-//! request reads the clock, so it is the coarse one (`CLOCK_REALTIME_COARSE`,
-//! a few nanoseconds through the vDSO, a resolution of a few milliseconds),
-//! read through `rustix`; elsewhere `SystemTime`.
-//!
-//! Tests inject a [`TestClock`] instead, as the AWS SDK's identity cache
-//! takes a `TimeSource`.
+//! Wall-clock, like the server's `exp`, because a monotonic clock does not
+//! count a host's suspension: a token that expired while the machine slept
+//! must not go out when it wakes. Every request reads it, so on Linux, Android
+//! and FreeBSD it is the coarse clock (`CLOCK_REALTIME_COARSE` via `rustix`, a
+//! few milliseconds' resolution); elsewhere `SystemTime`. Tests use a [`TestClock`].
 
 use std::ops::Add;
 use std::time::Duration;
