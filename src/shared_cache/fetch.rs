@@ -1,6 +1,4 @@
-//! A token fetch through the shared store: read, or lock and fetch and
-//! share, or wait for the process that holds the lock, and fall back to a
-//! token request of our own whenever the store fails.
+//! A token fetch through the shared store (see the parent module's docs).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -143,8 +141,7 @@ impl Fetch<'_> {
         self.fall_back(source, params).await
     }
 
-    /// Takes the lock and fetches when it is free; `None` when another
-    /// process holds it. A store that fails means fetching our own.
+    /// Takes the lock and fetches if it is free; `None` if another process holds it.
     async fn fetch_if_free(
         &self,
         source: &dyn TokenSource,
@@ -163,9 +160,8 @@ impl Fetch<'_> {
         }
     }
 
-    /// With the lock held: reads once more (the holder before us may have
-    /// stored a token between our read and our lock), else fetches, stores
-    /// and unlocks.
+    /// With the lock held: reads once more (the previous holder may have just
+    /// stored a token), else fetches and stores; then unlocks.
     async fn fetch_locked(
         &self,
         source: &dyn TokenSource,
@@ -274,8 +270,7 @@ impl Fetch<'_> {
             .await;
     }
 
-    /// Stores a fresh token for the fleet, to live as long as it is usable;
-    /// best effort.
+    /// Stores a fresh token for as long as it is usable; best effort.
     async fn put(&self, names: &EntryNames, token: &AccessToken) {
         let margin = self.margin(token.lifetime());
         let ttl = token.expires_in().saturating_sub(margin);
@@ -288,20 +283,16 @@ impl Fetch<'_> {
             lifetime: token.lifetime(),
             refresh_at: SystemTime::now() + ttl.mul_f64(self.level.refresh_at),
         };
-        let value = match self.level.keys.seal(&names.token, &entry) {
-            Ok(value) => value,
-            Err(_) => {
-                tracing::warn!("could not seal a token for the shared cache (no randomness?)");
-                return;
-            }
+        let Ok(value) = self.level.keys.seal(&names.token, &entry) else {
+            tracing::warn!("could not seal a token for the shared cache (no randomness?)");
+            return;
         };
         let _ = self
             .round_trip("put", self.level.store.put(&names.token, value, ttl))
             .await;
     }
 
-    /// The safety margin of a token of `lifetime`, as the in-process cache
-    /// computes it.
+    /// A token's safety margin, as the in-process cache computes it.
     fn margin(&self, lifetime: Duration) -> Duration {
         self.level.safety_margin.min(lifetime / 4)
     }
