@@ -55,9 +55,8 @@ pub fn from_env() -> Result<EnvConfig, ConfigError> {
 }
 
 impl Credentials {
-    /// Credentials from `PROPEL_CLIENT_ID` and `PROPEL_CLIENT_SECRET`, the
-    /// variables Propel's own tools read. The error names the variable that is
-    /// missing, empty or not Unicode.
+    /// Credentials from `PROPEL_CLIENT_ID` and `PROPEL_CLIENT_SECRET`; the
+    /// error names the variable that is missing, empty or not Unicode.
     pub fn from_env() -> Result<Self, ConfigError> {
         let id = env_var(CLIENT_ID_VAR)?.ok_or_else(|| ConfigError::missing_env(CLIENT_ID_VAR))?;
         let secret = env_var(CLIENT_SECRET_VAR)?
