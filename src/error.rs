@@ -454,74 +454,63 @@ impl From<TokenErrorDetails> for TokenError {
     }
 }
 
-/// What a [`TokenErrorKind`] says, its hint, and whether waiting may help.
-struct KindText {
-    says: &'static str,
-    hint: &'static str,
-    transient: bool,
-}
-
 impl TokenErrorKind {
-    fn text(self) -> KindText {
-        let row = |says, hint, transient| KindText {
-            says,
-            hint,
-            transient,
-        };
+    /// (`Display`, hint, whether waiting may help)
+    fn text(self) -> (&'static str, &'static str, bool) {
         const UNAVAILABLE: &str = "the Token API is unavailable; try again after the cool-down (retry::TransientErrors does)";
         const UNREACHABLE: &str = "check the network path to the Token API; try again after the cool-down (retry::TransientErrors does)";
         match self {
-            Self::InvalidClient => row(
+            Self::InvalidClient => (
                 "the Token API rejected the client credentials",
                 "check the Application ID (the Application must exist in this account) and confirm its secret",
                 false,
             ),
-            Self::InvalidRequest => row(
+            Self::InvalidRequest => (
                 "the Token API rejected the request",
                 "check grant_type=client_credentials, the Application ID and its secret",
                 false,
             ),
-            Self::UnsupportedGrantType => row(
+            Self::UnsupportedGrantType => (
                 "the Token API does not support the grant type",
                 "send grant_type=client_credentials",
                 false,
             ),
-            Self::InvalidScope => row(
+            Self::InvalidScope => (
                 "the Token API rejected the requested scopes",
                 "request only scopes the Application has",
                 false,
             ),
-            Self::UnauthorizedClient => row(
+            Self::UnauthorizedClient => (
                 "the Application may not use this grant",
                 "check that the Application may use the client-credentials grant",
                 false,
             ),
-            Self::Rejected => row(
+            Self::Rejected => (
                 "the Token API rejected the request",
                 "check the token URL, the Application ID and its secret",
                 false,
             ),
-            Self::RateLimited => row("the Token API is rate limiting", UNAVAILABLE, true),
-            Self::Server => row("the Token API failed", UNAVAILABLE, true),
-            Self::Timeout => row("the Token API did not answer in time", UNREACHABLE, true),
-            Self::Transport => row("the Token API could not be reached", UNREACHABLE, true),
-            Self::TlsUnavailable => row(
+            Self::RateLimited => ("the Token API is rate limiting", UNAVAILABLE, true),
+            Self::Server => ("the Token API failed", UNAVAILABLE, true),
+            Self::Timeout => ("the Token API did not answer in time", UNREACHABLE, true),
+            Self::Transport => ("the Token API could not be reached", UNREACHABLE, true),
+            Self::TlsUnavailable => (
                 "reqwest has no TLS backend for the https token URL",
                 "turn on a TLS backend: the rustls (default) or native-tls feature of tower-propel-auth, or a TLS feature of your own reqwest dependency",
                 false,
             ),
-            Self::InvalidResponse => row(
+            Self::InvalidResponse => (
                 "the Token API's answer is not a usable token",
                 "check that the token URL points at Propel's Token API",
                 false,
             ),
-            Self::Expired => row(
+            Self::Expired => (
                 "the access token has expired and cannot be renewed",
                 "mint a new token and build a new layer with it",
                 false,
             ),
             // Transient when the source says so.
-            Self::Source => row("the token source failed", "see the token source's error", false),
+            Self::Source => ("the token source failed", "see the token source's error", false),
         }
     }
 }
@@ -602,7 +591,7 @@ impl TokenError {
     /// Whether a later attempt may succeed: 429, 5xx, timeouts, transport
     /// errors, and [`TokenError::transient`] source errors; never another 4xx.
     pub fn is_transient(&self) -> bool {
-        self.inner.kind.text().transient || self.inner.transient_source
+        self.inner.kind.text().2 || self.inner.transient_source
     }
 
     /// The fix Propel's docs suggest, for the field at fault or else the kind.
@@ -619,7 +608,7 @@ impl TokenError {
             Some(TokenRequestField::PolicyValues) => {
                 "send policy_values as a JSON object, e.g. {\"tenant_id\":\"123\"}"
             }
-            None => self.inner.kind.text().hint,
+            None => self.inner.kind.text().1,
         }
     }
 }
@@ -669,7 +658,7 @@ impl fmt::Display for TokenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let inner = &self.inner;
         f.write_str("could not get a Propel access token: ")?;
-        f.write_str(inner.kind.text().says)?;
+        f.write_str(inner.kind.text().0)?;
         if let Some(status) = inner.status {
             write!(f, " (HTTP {}", status.as_u16())?;
             if let Some(code) = &inner.oauth_error {
