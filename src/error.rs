@@ -212,8 +212,7 @@ pub(crate) enum UnauthorizedReason {
     ApplicationCredentials,
     /// A token minted elsewhere, which cannot be renewed: final.
     GivenToken,
-    /// A token that was dropped (or already replaced): the next attempt
-    /// carries another.
+    /// A token dropped (or already replaced): the next attempt carries another.
     Curable,
     /// A token fetched to replace one a 401 rejected moments before: final.
     FreshTokenRejected,
@@ -285,9 +284,8 @@ impl fmt::Display for Unauthorized {
 
 impl std::error::Error for Unauthorized {}
 
-/// Credentials would have gone over plain HTTP to a host that is not loopback.
-///
-/// Nothing was sent.
+/// Credentials would have gone over plain HTTP to a host that is not loopback;
+/// nothing was sent.
 #[derive(Debug)]
 pub struct InsecureTransport {
     origin: String,

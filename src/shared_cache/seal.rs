@@ -106,11 +106,7 @@ impl Keys {
         );
         plain.fill(0);
         let sealed = sealed.map_err(|_| SealError)?;
-        let mut value = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
-        value.push(VERSION);
-        value.extend_from_slice(&nonce);
-        value.extend_from_slice(&sealed);
-        Ok(value)
+        Ok([&[VERSION][..], &nonce, &sealed].concat())
     }
 
     /// Opens a value read from the key `name`; fails for anything this

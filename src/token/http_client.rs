@@ -20,14 +20,11 @@ pub(crate) struct TokenHttpResponse {
     pub(crate) body: Capped,
 }
 
-/// The HTTP client token requests go through, for
-/// [`TokenLayerBuilder::http_client`](crate::TokenLayerBuilder::http_client):
+/// The HTTP client for token requests
+/// ([`TokenLayerBuilder::http_client`](crate::TokenLayerBuilder::http_client)):
 /// any tower service over `http::Request<Full<Bytes>>` (hyper-util's legacy
-/// client, a tower-http stack) or, with feature `reqwest`, a
-/// `reqwest::Client`.
-///
-/// A token request carries the Application secret: configure the client not
-/// to follow redirects.
+/// client, a tower-http stack) or (feature `reqwest`) a `reqwest::Client`.
+/// Token requests carry the secret: configure the client not to follow redirects.
 ///
 /// ```
 /// use bytes::Bytes;
