@@ -99,8 +99,7 @@ impl EnvConfig {
 /// is not Unicode.
 fn env_var(name: &str) -> Result<Option<String>, ConfigError> {
     match std::env::var(name) {
-        Ok(value) if value.trim().is_empty() => Ok(None),
-        Ok(value) => Ok(Some(value)),
+        Ok(value) => Ok((!value.trim().is_empty()).then_some(value)),
         Err(std::env::VarError::NotPresent) => Ok(None),
         Err(std::env::VarError::NotUnicode(_)) => Err(ConfigError::invalid(
             &format!("the environment variable {name}"),

@@ -11,8 +11,7 @@ use crate::error::ConfigError;
 
 /// A Propel Application's ID and secret.
 ///
-/// The secret lives in a [`SecretString`]: it is zeroed on drop and never shown
-/// by `Debug`.
+/// The secret is a [`SecretString`]: zeroed on drop, never shown by `Debug`.
 ///
 /// ```
 /// use tower_propel_auth::Credentials;

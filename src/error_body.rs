@@ -37,23 +37,20 @@ where
 {
     let mut body = std::pin::pin!(body);
     let mut buf = BytesMut::new();
+    let mut truncated = false;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(Into::into)?;
-        if let Ok(mut data) = frame.into_data() {
+        if let Ok(mut data) = frame.map_err(Into::into)?.into_data() {
             let room = BODY_LIMIT - buf.len();
-            if data.remaining() > room {
-                buf.put((&mut data).take(room));
-                return Ok(Capped {
-                    bytes: buf.freeze(),
-                    truncated: true,
-                });
+            truncated = data.remaining() > room;
+            buf.put((&mut data).take(room));
+            if truncated {
+                break;
             }
-            buf.put(data);
         }
     }
     Ok(Capped {
         bytes: buf.freeze(),
-        truncated: false,
+        truncated,
     })
 }
 

@@ -127,8 +127,7 @@ impl AllowedOrigins {
         ])
     }
 
-    /// Decides for a request URI: a string comparison when it is an allowed
-    /// origin (the usual case), else the full check.
+    /// Decides for a request URI: string comparisons first, else the full check.
     #[inline]
     pub(crate) fn decide_uri(&self, uri: &http::Uri) -> Decision {
         if let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) {
@@ -150,8 +149,7 @@ impl AllowedOrigins {
         })
     }
 
-    /// Decides for a request to `scheme://host:port`. A request without a
-    /// scheme or host (origin-form URI) cannot be placed and passes through.
+    /// Decides for `scheme://host:port`; an origin-form URI (no scheme or host) passes.
     #[inline]
     pub(crate) fn decide(
         &self,

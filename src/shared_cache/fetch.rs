@@ -112,8 +112,8 @@ impl Fetch<'_> {
         {
             return answer;
         }
-        // (3) Another process is fetching it: wait for its token, or for the
-        // lock to come free without one (that process failed or died).
+        // (3) Another process is fetching: wait for its token, or for the lock
+        // to come free without one (that process failed or died).
         Counters::bump(&self.counters.store_lock_waits);
         let deadline = Instant::now() + self.level.peer_wait;
         loop {
@@ -188,9 +188,9 @@ impl Fetch<'_> {
         result
     }
 
-    /// The entry's token if it is a hit: another token than `previous`, not
-    /// past its writer's refresh point, and usable for a while yet. A value
-    /// that does not open is counted and logged on the first look only.
+    /// The entry's token if it is a hit: not `previous`, not past its writer's
+    /// refresh point, usable a while yet. A value that does not open is
+    /// counted and logged on the first look only.
     async fn look(
         &self,
         names: &EntryNames,
@@ -297,8 +297,7 @@ impl Fetch<'_> {
         self.level.safety_margin.min(lifetime / 4)
     }
 
-    /// One round trip to the store, bounded, in its own span; failures are
-    /// logged here (without any key's value).
+    /// One bounded round trip in its own span; failures logged (never a value).
     async fn round_trip<T>(
         &self,
         op: &'static str,
@@ -331,8 +330,7 @@ impl Fetch<'_> {
     }
 }
 
-/// A random lock value, so that only its holder unlocks; `None` without
-/// randomness.
+/// A random lock value, so that only its holder unlocks; `None` without randomness.
 fn lock_owner() -> Option<String> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).ok()?;

@@ -35,22 +35,19 @@ pub(crate) const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
 pub struct AccessToken {
     token: SecretString,
     header: HeaderValue,
-    /// Wall-clock time, like the server's `exp`: it keeps counting while the
-    /// host is suspended.
+    /// Wall-clock, like the server's `exp`: it counts while the host is suspended.
     expires_at: SystemTime,
     lifetime: Duration,
 }
 
 impl AccessToken {
     /// A token that expires `expires_in` from now (clamped to at most 24 h).
-    ///
     /// Fails when the token is empty or holds characters a header cannot carry.
     pub fn new(token: impl Into<String>, expires_in: Duration) -> Result<Self, TokenError> {
         Self::build(token.into(), expires_in.min(MAX_LIFETIME))
     }
 
     /// A JWT whose expiry is read from its `exp` claim (without verifying it).
-    ///
     /// Fails when the token has no `exp`, or is already expired.
     pub fn from_jwt(token: impl Into<String>) -> Result<Self, TokenError> {
         let token = token.into();

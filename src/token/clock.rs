@@ -66,10 +66,7 @@ fn wall_now() -> Time {
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
-#[inline]
-fn wall_now() -> Time {
-    precise_now()
-}
+use self::precise_now as wall_now;
 
 /// The precise wall clock.
 #[cfg_attr(

@@ -77,8 +77,7 @@ impl TokenHttpClient {
         }
     }
 
-    /// A `reqwest::Client` that never follows redirects: a token request
-    /// carries the secret and must not be re-sent elsewhere.
+    /// A `reqwest::Client` that never follows redirects, which would carry the secret.
     #[cfg(feature = "reqwest")]
     pub(crate) fn default_reqwest() -> Result<Self, crate::error::ConfigError> {
         let client = reqwest::Client::builder()
@@ -142,10 +141,9 @@ impl From<reqwest::Client> for TokenHttpClient {
     }
 }
 
-/// Whether reqwest refused an https URL because it was built without a TLS
-/// backend. It then hands the URL to hyper-util's plain `HttpConnector`, which
-/// fails before connecting with this message; hyper-util does not export the
-/// error's type, so its text is the only sign (tests/tls.rs pins it).
+/// Whether reqwest, built without a TLS backend, refused an https URL: its plain
+/// `HttpConnector` fails with this message before connecting, and as hyper-util
+/// does not export the error's type, the text is the only sign (tests/tls.rs).
 #[cfg(feature = "reqwest")]
 fn lacks_tls(err: &reqwest::Error) -> bool {
     let first: &(dyn std::error::Error + 'static) = err;
