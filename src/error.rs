@@ -67,8 +67,7 @@ impl Error {
         }
     }
 
-    /// What to do about it, in the words of Propel's docs; `None` for an
-    /// error of the inner service.
+    /// What to do about it, in the words of Propel's docs; `None` for the inner service's.
     pub fn hint(&self) -> Option<String> {
         match self {
             Error::Forbidden(err) => Some(err.hint()),
@@ -116,8 +115,7 @@ impl From<TokenError> for Error {
 pub enum ForbiddenReason {
     /// The token lacks this scope.
     MissingScope(Scope),
-    /// No Data Pool Access Policy lets the Application (or this token's
-    /// policy values) read the data.
+    /// No Data Pool Access Policy lets the Application (or the token's policy values) read it.
     Policy,
     /// The message named neither a scope nor a policy.
     Other,
@@ -153,8 +151,7 @@ impl Forbidden {
         self.reason == ForbiddenReason::Policy
     }
 
-    /// The server's message: a short excerpt of the body with anything that
-    /// looks like a token removed. Empty when the body had no text.
+    /// The server's message, redacted and short; empty when the body had no text.
     pub fn message(&self) -> &str {
         &self.message
     }
@@ -343,8 +340,7 @@ pub enum TokenErrorKind {
     Timeout,
     /// The connection failed (refused, reset, DNS …).
     Transport,
-    /// The token URL is https and reqwest was built without a TLS backend:
-    /// turn on this crate's `rustls` or `native-tls` feature.
+    /// The token URL is https and reqwest has no TLS backend (feature `rustls`, `native-tls`).
     TlsUnavailable,
     /// A 2xx answer that is not a usable token: malformed JSON, no
     /// `access_token`, a `token_type` other than Bearer, an oversized body.

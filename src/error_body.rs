@@ -28,8 +28,7 @@ pub(crate) struct Capped {
     pub(crate) truncated: bool,
 }
 
-/// Reads at most [`BODY_LIMIT`] bytes of `body`, frame by frame, and stops
-/// there: a 10 MiB body costs 64 KiB.
+/// Reads at most [`BODY_LIMIT`] bytes of `body`, frame by frame, then stops.
 pub(crate) async fn read_capped<B>(body: B) -> Result<Capped, BoxError>
 where
     B: Body,
@@ -187,9 +186,8 @@ fn quoted_before(text: &str) -> Option<&str> {
     (!word.is_empty() && word.len() < 64).then_some(word)
 }
 
-/// A short, single-line excerpt of outside text with the `known` secrets
-/// (the Application secret, the current token) and anything that looks like
-/// a token or a secret replaced by `[redacted]`.
+/// A short, single-line excerpt of outside text, with the `known` secrets (the
+/// Application secret, the current token) and anything token-like `[redacted]`.
 pub(crate) fn excerpt(text: &str, known: &[&str]) -> String {
     let mut scrubbed = std::borrow::Cow::Borrowed(text);
     for secret in known.iter().filter(|secret| !secret.is_empty()) {

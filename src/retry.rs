@@ -26,9 +26,8 @@
 //! # let _ = client; Ok(()) }
 //! ```
 //!
-//! A retried POST is sent again. Propel's queries are reads, but a mutation
-//! whose connection failed mid-way may have been applied: retry mutations
-//! only if they are idempotent.
+//! A retried POST is sent again: retry mutations (which a failed connection may
+//! have left applied) only if they are idempotent.
 
 use std::any::Any;
 use std::pin::Pin;
@@ -46,10 +45,8 @@ use crate::Error;
 
 /// Retries transient errors with jittered exponential backoff, at most
 /// `max_retries` times per request, and never sooner than a `Retry-After`
-/// the Token API sent (up to a minute).
-///
-/// tower's `Retry` clones the policy for every request, and each clone gets a
-/// fresh random seed, so requests that failed together do not retry in step.
+/// the Token API sent (up to a minute). Each request's clone of the policy has
+/// its own random seed, so requests that failed together do not retry in step.
 #[derive(Debug)]
 pub struct TransientErrors {
     retries_left: usize,
@@ -131,8 +128,7 @@ fn make_backoff(min: Duration, max: Duration) -> Result<ExponentialBackoff, crat
     Ok(maker.make_backoff())
 }
 
-/// Whether a boxed error (from a stack of tower layers) is worth retrying:
-/// this crate's transient errors and elapsed `tower::timeout`s.
+/// Whether a boxed error is worth retrying: a transient [`Error`] or an elapsed `tower::timeout`.
 pub fn is_transient(err: &BoxError) -> bool {
     err.as_crate_error()
         .map_or_else(|| err.timed_out(), Error::is_transient)

@@ -109,8 +109,7 @@ impl Scope {
     }
 }
 
-/// Folds every spelling to one key: `DATA_POOL_QUERY`, `data_pool:query` and
-/// `data-pool:query` all become `datapoolquery`.
+/// Folds every spelling to one key: `DATA_POOL_QUERY`, `data-pool:query` → `datapoolquery`.
 fn fold(spelling: &str) -> String {
     spelling
         .chars()

@@ -150,7 +150,11 @@ impl Fetch<'_> {
         owner: &str,
         previous: Option<&str>,
     ) -> Option<Result<AccessToken, TokenError>> {
-        match self.try_lock(names, owner).await {
+        let lock = self
+            .level
+            .store
+            .try_lock(&names.lock, owner, self.level.lease);
+        match self.round_trip("lock", lock).await {
             Ok(true) => Some(
                 self.fetch_locked(source, params, names, owner, previous)
                     .await,
@@ -251,16 +255,6 @@ impl Fetch<'_> {
         Counters::bump(&self.counters.store_fallbacks);
         Counters::bump(&self.counters.token_requests);
         source.fetch_token(params).await
-    }
-
-    async fn try_lock(&self, names: &EntryNames, owner: &str) -> Result<bool, StoreFailed> {
-        self.round_trip(
-            "lock",
-            self.level
-                .store
-                .try_lock(&names.lock, owner, self.level.lease),
-        )
-        .await
     }
 
     /// Best effort: a lock left behind expires with its lease.

@@ -13,13 +13,12 @@ use super::SharedStore;
 const UNLOCK: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) else return 0 end"#;
 
 /// A [`SharedStore`] in Redis or Valkey (feature `redis`) over the service's
-/// own connection: `GET`, `SET … PX` for tokens, `SET … NX PX` for locks and a
-/// compare-and-delete script to unlock; one hash tag per entry suits Cluster.
+/// own connection (where TLS, ACLs, Sentinel and Cluster are configured):
+/// `GET`, `SET … PX`, `SET … NX PX` for locks, a compare-and-delete to unlock.
 ///
 /// Give it a `redis::aio::ConnectionManager`, which reconnects after Redis
 /// restarts; a plain `MultiplexedConnection` stays broken (every fetch then
-/// falls back to its own token request). TLS, ACLs, Sentinel and Cluster are
-/// configured on the connection.
+/// falls back to its own token request).
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {

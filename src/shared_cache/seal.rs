@@ -109,8 +109,7 @@ impl Keys {
         Ok([&[VERSION][..], &nonce, &sealed].concat())
     }
 
-    /// Opens a value read from the key `name`; fails for anything this
-    /// Application's keys did not seal for exactly that key.
+    /// Opens a value read from the key `name`; fails unless these keys sealed it for `name`.
     pub(crate) fn open(&self, name: &str, value: &[u8]) -> Result<Entry, SealError> {
         if value.len() < 1 + NONCE_LEN + TAG_LEN + HEADER_LEN || value[0] != VERSION {
             return Err(SealError);
@@ -157,8 +156,7 @@ pub(crate) struct Entry {
     pub(crate) token: SecretString,
     pub(crate) expires_at: SystemTime,
     pub(crate) lifetime: Duration,
-    /// The writer's refresh point: past it, the token is no hit, and the
-    /// first process to look fetches the next one.
+    /// The writer's refresh point: past it, no hit; the first to look fetches the next.
     pub(crate) refresh_at: SystemTime,
 }
 
@@ -189,8 +187,7 @@ impl fmt::Debug for Entry {
     }
 }
 
-/// A value that did not open, or could not be sealed. Says nothing more, on
-/// purpose.
+/// A value that did not open, or could not be sealed; says nothing more, on purpose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SealError;
 

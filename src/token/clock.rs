@@ -80,9 +80,8 @@ fn precise_now() -> Time {
     Time(since_epoch.as_millis() as u64)
 }
 
-/// A clock for tests: it starts at the real time, follows tokio's clock
-/// (so paused-time sleeps move it) and moves on by hand with
-/// [`advance`](TestClock::advance), without any task running.
+/// A clock for tests: it starts at the real time, follows tokio's (paused-time
+/// sleeps move it), and moves by hand with [`advance`](TestClock::advance).
 #[cfg(test)]
 #[derive(Debug)]
 pub(crate) struct TestClock {

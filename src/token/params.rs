@@ -64,8 +64,7 @@ impl TokenParams {
 
     /// Sets the policy values, a JSON object.
     pub fn with_policy_values(self, values: serde_json::Map<String, serde_json::Value>) -> Self {
-        // Keys sorted here, whatever order the map keeps (serde_json's
-        // `preserve_order` feature), so that equal values make equal keys.
+        // Sorted whatever order the map keeps (`preserve_order`): equal values, equal keys.
         let sorted: BTreeMap<String, serde_json::Value> = values.into_iter().collect();
         let json = serde_json::to_string(&sorted).expect("JSON values serialize");
         self.edit(|content| content.policy_values = Some(json))
@@ -128,8 +127,7 @@ impl PartialEq for TokenParams {
 
 impl Eq for TokenParams {}
 
-/// Writes the fingerprint only; the map that holds token sets hashes it
-/// again with its own random keys.
+/// Writes the fingerprint only; the map of token sets hashes it with its own keys.
 impl Hash for TokenParams {
     #[inline]
     fn hash<H: Hasher>(&self, state: &mut H) {
