@@ -86,8 +86,7 @@ impl EnvConfig {
         PropelAuthLayer::basic(self.credentials.clone()).with_allowed_origins([&self.api_url])
     }
 
-    /// A client-credentials builder with the token URL set and the API URL's
-    /// origin allowed.
+    /// A client-credentials builder with the token URL set and the API URL's origin allowed.
     pub fn client_credentials(&self) -> TokenLayerBuilder<ClientCredentials> {
         PropelAuthLayer::client_credentials(self.credentials.clone())
             .token_url(self.token_url.clone())
@@ -95,8 +94,7 @@ impl EnvConfig {
     }
 }
 
-/// A variable's value; `None` when unset or empty, an error naming it when it
-/// is not Unicode.
+/// A variable's value; `None` when unset or blank, an error naming it when not Unicode.
 fn env_var(name: &str) -> Result<Option<String>, ConfigError> {
     match std::env::var(name) {
         Ok(value) => Ok((!value.trim().is_empty()).then_some(value)),

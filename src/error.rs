@@ -46,10 +46,9 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether the same request may succeed later: a Token API outage, rate
-    /// limit or timeout, an inner-service error, or a 401 a fresh token may
-    /// cure ([`Unauthorized::is_transient`]). Never for a 403, a Token API 4xx
-    /// other than 429, or insecure transport: those need a configuration change.
+    /// Whether the same request may succeed later: a Token API outage, rate limit
+    /// or timeout, an inner-service error, or a curable 401 ([`Unauthorized::is_transient`]).
+    /// Never for a 403, a Token API 4xx but 429, or insecure transport.
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Token(err) => err.is_transient(),
@@ -213,8 +212,7 @@ pub(crate) enum UnauthorizedReason {
     Curable,
     /// A token fetched to replace one a 401 rejected moments before: final.
     FreshTokenRejected,
-    /// A token kept because another 401 dropped one less than a cool-down
-    /// ago (no refresh storm when every token is rejected): final.
+    /// A token kept as another 401 dropped one within a cool-down (no refresh storm): final.
     Throttled,
 }
 
@@ -342,8 +340,7 @@ pub enum TokenErrorKind {
     Transport,
     /// The token URL is https and reqwest has no TLS backend (feature `rustls`, `native-tls`).
     TlsUnavailable,
-    /// A 2xx answer that is not a usable token: malformed JSON, no
-    /// `access_token`, a `token_type` other than Bearer, an oversized body.
+    /// A 2xx answer that is no usable token (bad JSON, no `access_token`, not Bearer, too big).
     InvalidResponse,
     /// The token is past its expiry and cannot be renewed (a token passed to
     /// [`PropelAuthLayer::bearer`](crate::PropelAuthLayer::bearer)).

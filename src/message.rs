@@ -18,10 +18,9 @@ use crate::TokenParams;
 /// A request [`PropelAuth`](crate::PropelAuth) can add credentials to. Sealed:
 ///
 /// - `http::Request<B>`, for any body `B` (hyper-util's client, tower-http
-///   stacks). It may carry [`TokenParams`] in its extensions.
-/// - `reqwest::Request` (feature `reqwest`), whose extensions are private: a
-///   tenant's token comes from a tenant view,
-///   [`PropelAuthLayer::with_params`](crate::PropelAuthLayer::with_params).
+///   stacks), which may carry [`TokenParams`] in its extensions.
+/// - `reqwest::Request` (feature `reqwest`), whose extensions are private: use
+///   a tenant view ([`PropelAuthLayer::with_params`](crate::PropelAuthLayer::with_params)).
 pub trait AuthRequest: sealed::Request {}
 
 /// A response [`PropelAuth`](crate::PropelAuth) can read a 401 or 403 from. Sealed:

@@ -96,12 +96,11 @@ impl TransientErrors {
         if let Some(Error::Unauthorized(_)) = error {
             return Some(Box::pin(tokio::time::sleep(Duration::ZERO)));
         }
-        let retry_after = error.and_then(Error::retry_after);
         let backoff = self.backoff.get_or_insert_with(|| {
             make_backoff(self.min, self.max).expect("checked when the policy was made")
         });
         let mut sleep = Box::pin(backoff.next_backoff());
-        if let Some(after) = retry_after {
+        if let Some(after) = error.and_then(Error::retry_after) {
             let not_before = tokio::time::Instant::now() + after;
             if sleep.deadline() < not_before {
                 sleep.as_mut().reset(not_before);
@@ -135,14 +134,13 @@ pub fn is_transient(err: &BoxError) -> bool {
 }
 
 /// What the policy needs of the requests and errors it serves. Sealed.
+#[allow(unreachable_pub)]
 mod sealed {
-    #[allow(unreachable_pub)]
     pub trait RetryRequest: Sized {
         /// A copy, when the body can be sent again.
         fn try_clone_request(&self) -> Option<Self>;
     }
 
-    #[allow(unreachable_pub)]
     pub trait RetryError {
         fn as_crate_error(&self) -> Option<&crate::Error>;
         /// A `tower::timeout` that elapsed.

@@ -40,23 +40,20 @@
 //!   [`peer_wait`](SharedCacheSettings::peer_wait), taking the lock if it comes
 //!   free without a token; then it makes a token request of its own.
 //! - **Rotation.** As the token being replaced is no hit, the first process
-//!   whose refresh (or 401) comes due fetches and stores the next token, and
-//!   the others find that one: the fleet rotates to one new token per
-//!   parameter set, not N.
-//! - **Never a dependency.** Each round trip to the store is bounded by
+//!   whose refresh (or 401) comes due stores the next token and the others
+//!   find it: the fleet rotates to one new token per parameter set, not N.
+//! - **Never a dependency.** Each round trip is bounded by
 //!   [`store_timeout`](SharedCacheSettings::store_timeout) (default 100 ms); a
-//!   store that fails, times out or answers garbage makes the fetch fall back
-//!   at once to a token request of its own. No request fails because of the
-//!   store. [`Stats`](crate::Stats) counts hits, misses, lock waits, fallbacks
-//!   and rejected values; each round trip has a `tracing` span, `propel.shared_cache`.
+//!   store that fails, times out or answers garbage only makes the fetch fall
+//!   back at once to a token request of its own. [`Stats`](crate::Stats) counts
+//!   what the store did; each round trip has a `tracing` span, `propel.shared_cache`.
 //!
 //! # What the store sees
 //!
 //! Keys are `propel:{APPLICATION_ID:HASH}:token` and `…:lock`, the hash tag
 //! keeping an entry in one Redis Cluster slot. `HASH` is an HMAC of the token
-//! parameters and URL under a key derived from the Application secret: it
-//! shows no secret, scope or policy value, and a guessed tenant ID cannot be
-//! checked against it.
+//! parameters and URL under a key derived from the secret: it shows no secret,
+//! scope or policy value, and a guessed tenant ID cannot be checked against it.
 //!
 //! Values are sealed with XChaCha20-Poly1305 under another key derived
 //! (HKDF-SHA256) from the secret, with the Application ID and a version as

@@ -8,8 +8,7 @@ use super::jwt;
 use crate::error::{TokenError, TokenErrorKind};
 use crate::Credentials;
 
-/// The shortest lifetime a token is given, whatever the Token API said: a
-/// server answering `expires_in: 0` must not cause a refresh storm.
+/// The shortest lifetime a token gets, so that `expires_in: 0` cannot cause a refresh storm.
 pub(crate) const MIN_LIFETIME: Duration = Duration::from_secs(1);
 /// The longest lifetime believed; absurd values are clamped to it.
 pub(crate) const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -66,11 +65,8 @@ impl AccessToken {
         token: String,
         expires_in: Option<f64>,
     ) -> Result<Self, TokenError> {
-        let from_expires_in = expires_in
-            .filter(|secs| secs.is_finite() && *secs > 0.0)
-            .map(|secs| Duration::from_secs_f64(secs.min(MAX_LIFETIME.as_secs_f64())));
-        let lifetime = match from_expires_in {
-            Some(lifetime) => lifetime,
+        let lifetime = match expires_in.filter(|secs| secs.is_finite() && *secs > 0.0) {
+            Some(secs) => Duration::from_secs_f64(secs.min(MAX_LIFETIME.as_secs_f64())),
             None => match jwt::expiry_unix_secs(&token) {
                 Some(exp) => secs_until(exp).ok_or_else(|| {
                     TokenError::invalid_response(

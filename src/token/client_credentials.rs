@@ -130,12 +130,11 @@ impl TokenSource for Exchange {
 
 impl Exchange {
     fn request(&self, params: &TokenParams) -> http::Request<Bytes> {
-        let secret = self.credentials.secret().expose_secret();
         let scope = Scope::join(params.scopes());
         let mut form: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
         if self.client_auth == ClientAuth::FormBody {
             form.push(("client_id", self.credentials.application_id()));
-            form.push(("client_secret", secret));
+            form.push(("client_secret", self.credentials.secret().expose_secret()));
         }
         if !scope.is_empty() {
             form.push(("scope", &scope));

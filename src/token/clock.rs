@@ -1,10 +1,8 @@
-//! The wall clock that token deadlines are checked against.
-//!
-//! Wall-clock, like the server's `exp`, because a monotonic clock does not
-//! count a host's suspension: a token that expired while the machine slept
-//! must not go out when it wakes. Every request reads it, so on Linux, Android
-//! and FreeBSD it is the coarse clock (`CLOCK_REALTIME_COARSE` via `rustix`, a
-//! few milliseconds' resolution); elsewhere `SystemTime`. Tests use a [`TestClock`].
+//! The wall clock token deadlines are checked against: like the server's `exp`,
+//! and unlike a monotonic clock it counts a host's suspension, so a token that
+//! expired while the machine slept does not go out when it wakes. Every request
+//! reads it: on Linux, Android and FreeBSD the coarse `CLOCK_REALTIME_COARSE`
+//! (via `rustix`, a few milliseconds' resolution), elsewhere `SystemTime`.
 
 use std::ops::Add;
 use std::time::Duration;

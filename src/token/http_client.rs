@@ -126,8 +126,7 @@ impl From<reqwest::Client> for TokenHttpClient {
                         Box::new(err)
                     }
                 })?;
-                let response = http::Response::<reqwest::Body>::from(response);
-                let (parts, body) = response.into_parts();
+                let (parts, body) = http::Response::<reqwest::Body>::from(response).into_parts();
                 Ok::<_, BoxError>(TokenHttpResponse {
                     status: parts.status,
                     headers: parts.headers,

@@ -8,8 +8,7 @@ use crate::error::ConfigError;
 /// sets (tenants) get a token cache of their own.
 ///
 /// The defaults suit Propel's hour-long tokens. Change a field and hand them to
-/// [`TokenLayerBuilder::settings`](crate::TokenLayerBuilder::settings), which
-/// checks them when it builds.
+/// [`TokenLayerBuilder::settings`](crate::TokenLayerBuilder::settings), which checks them.
 ///
 /// ```
 /// use std::time::Duration;
