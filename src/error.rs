@@ -48,7 +48,7 @@ pub enum Error {
 impl Error {
     /// Whether the same request may succeed later: a Token API outage, rate limit
     /// or timeout, an inner-service error, or a curable 401 ([`Unauthorized::is_transient`]).
-    /// Never for a 403, a Token API 4xx but 429, or insecure transport.
+    /// Never for a 403, a Token API 4xx other than 429, or insecure transport.
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Token(err) => err.is_transient(),
@@ -66,7 +66,7 @@ impl Error {
         }
     }
 
-    /// What to do about it, in the words of Propel's docs; `None` for the inner service's.
+    /// What to do about it, in the words of Propel's docs; `None` for an inner-service error.
     pub fn hint(&self) -> Option<String> {
         match self {
             Error::Forbidden(err) => Some(err.hint()),
@@ -338,7 +338,7 @@ pub enum TokenErrorKind {
     Timeout,
     /// The connection failed (refused, reset, DNS …).
     Transport,
-    /// The token URL is https and reqwest has no TLS backend (feature `rustls`, `native-tls`).
+    /// The token URL is https and reqwest has no TLS backend (turn on `rustls` or `native-tls`).
     TlsUnavailable,
     /// A 2xx answer that is no usable token (bad JSON, no `access_token`, not Bearer, too big).
     InvalidResponse,
@@ -640,7 +640,7 @@ fn guess_field(kind: TokenErrorKind, description: Option<&str>) -> Option<TokenR
 
 impl fmt::Debug for TokenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Already redacted.
+        // Everything in here is already redacted.
         fmt::Debug::fmt(&self.inner, f)
     }
 }

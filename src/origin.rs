@@ -149,7 +149,7 @@ impl AllowedOrigins {
         })
     }
 
-    /// Decides for `scheme://host:port`; an origin-form URI (no scheme or host) passes.
+    /// Decides for `scheme://host:port`; an origin-form URI (no scheme or host) passes through.
     #[inline]
     pub(crate) fn decide(
         &self,

@@ -1,11 +1,11 @@
 //! A [`tower::retry::Policy`] that retries what is worth retrying.
 //!
-//! [`TransientErrors`] retries, with jittered exponential backoff and bounded
-//! attempts, an error that [`Error::is_transient`] says may pass (a Token API
-//! outage, rate limit or timeout, a failed connection, an elapsed
-//! `tower::timeout`); a 401 whose token the layer dropped, at once, with a
-//! fresh token. Never a 403, a 401 a fresh token did not cure, a Token API 4xx,
-//! insecure transport, or a response (whatever its status).
+//! [`TransientErrors`] retries an error that [`Error::is_transient`] says may
+//! pass (a Token API outage, rate limit or timeout, a failed connection, an
+//! elapsed `tower::timeout`) with jittered exponential backoff and bounded
+//! attempts; a 401 whose token the layer dropped, at once with a fresh token.
+//! Never a 403, a 401 a fresh token did not cure, a Token API 4xx, insecure
+//! transport, or a response (whatever its status).
 //!
 //! Put it outside [`PropelAuthLayer`](crate::PropelAuthLayer), so that each
 //! attempt gets the current token:

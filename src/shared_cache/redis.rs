@@ -14,7 +14,7 @@ const UNLOCK: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return red
 
 /// A [`SharedStore`] in Redis or Valkey (feature `redis`) over the service's
 /// own connection (where TLS, ACLs, Sentinel and Cluster are configured):
-/// `GET`, `SET … PX`, `SET … NX PX` for locks, a compare-and-delete to unlock.
+/// `GET` and `SET … PX` for tokens, `SET … NX PX` for locks, a compare-and-delete to unlock.
 ///
 /// Give it a `redis::aio::ConnectionManager`, which reconnects after Redis
 /// restarts; a plain `MultiplexedConnection` stays broken (every fetch then
