@@ -55,9 +55,8 @@ pub fn from_env() -> Result<EnvConfig, ConfigError> {
 }
 
 impl Credentials {
-    /// Credentials from `PROPEL_CLIENT_ID` and `PROPEL_CLIENT_SECRET`, the
-    /// variables Propel's own tools read. The error names the variable that is
-    /// missing, empty or not Unicode.
+    /// Credentials from `PROPEL_CLIENT_ID` and `PROPEL_CLIENT_SECRET`; the
+    /// error names the variable that is missing, empty or not Unicode.
     pub fn from_env() -> Result<Self, ConfigError> {
         let id = env_var(CLIENT_ID_VAR)?.ok_or_else(|| ConfigError::missing_env(CLIENT_ID_VAR))?;
         let secret = env_var(CLIENT_SECRET_VAR)?
@@ -87,8 +86,7 @@ impl EnvConfig {
         PropelAuthLayer::basic(self.credentials.clone()).with_allowed_origins([&self.api_url])
     }
 
-    /// A client-credentials builder with the token URL set and the API URL's
-    /// origin allowed.
+    /// A client-credentials builder with the token URL set and the API URL's origin allowed.
     pub fn client_credentials(&self) -> TokenLayerBuilder<ClientCredentials> {
         PropelAuthLayer::client_credentials(self.credentials.clone())
             .token_url(self.token_url.clone())
@@ -96,12 +94,10 @@ impl EnvConfig {
     }
 }
 
-/// A variable's value; `None` when unset or empty, an error naming it when it
-/// is not Unicode.
+/// A variable's value; `None` when unset or blank, an error naming it when not Unicode.
 fn env_var(name: &str) -> Result<Option<String>, ConfigError> {
     match std::env::var(name) {
-        Ok(value) if value.trim().is_empty() => Ok(None),
-        Ok(value) => Ok(Some(value)),
+        Ok(value) => Ok((!value.trim().is_empty()).then_some(value)),
         Err(std::env::VarError::NotPresent) => Ok(None),
         Err(std::env::VarError::NotUnicode(_)) => Err(ConfigError::invalid(
             &format!("the environment variable {name}"),

@@ -11,8 +11,7 @@ use crate::error::ConfigError;
 
 /// A Propel Application's ID and secret.
 ///
-/// The secret lives in a [`SecretString`]: it is zeroed on drop and never shown
-/// by `Debug`.
+/// The secret is a [`SecretString`]: zeroed on drop, never shown by `Debug`.
 ///
 /// ```
 /// use tower_propel_auth::Credentials;
@@ -29,10 +28,8 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    /// Credentials from an Application ID and secret.
-    ///
-    /// Fails when either is empty (or only white space), or when the ID holds
-    /// a `:` or a control character, which HTTP Basic cannot carry.
+    /// Credentials from an Application ID and secret. Fails when either is
+    /// blank, or holds what HTTP Basic cannot carry (a control character, a `:` in the ID).
     pub fn new(
         application_id: impl Into<String>,
         secret: impl Into<String>,
@@ -73,20 +70,15 @@ impl Credentials {
         &self.secret
     }
 
-    /// `Basic base64(id:secret)`, marked sensitive.
+    /// `Basic base64(id:secret)`, marked sensitive so that HTTP/2 HPACK never
+    /// indexes it and tower-http's tracing never prints it.
     pub(crate) fn basic_header(&self) -> HeaderValue {
-        basic_header(&self.application_id, self.secret.expose_secret())
+        let pair = format!("{}:{}", self.application_id, self.secret.expose_secret());
+        let mut value = HeaderValue::try_from(format!("Basic {}", STANDARD.encode(pair)))
+            .expect("base64 output is a valid header value");
+        value.set_sensitive(true);
+        value
     }
-}
-
-/// `Basic base64(user:password)`, marked sensitive so that HTTP/2 HPACK never
-/// indexes it and tower-http's tracing never prints it.
-pub(crate) fn basic_header(user: &str, password: &str) -> HeaderValue {
-    let encoded = STANDARD.encode(format!("{user}:{password}"));
-    let mut value = HeaderValue::try_from(format!("Basic {encoded}"))
-        .expect("base64 output is a valid header value");
-    value.set_sensitive(true);
-    value
 }
 
 impl fmt::Debug for Credentials {

@@ -1,9 +1,7 @@
 //! The errors a request through [`PropelAuth`](crate::PropelAuth) can end in.
 //!
-//! [`Error`] is what the service returns. Every variant wraps a type of its
-//! own so that a caller can match on the kind and still read the details
-//! through accessors. All of them downcast from [`tower::BoxError`], so they
-//! survive `ServiceBuilder` stacks that box errors:
+//! Each variant of [`Error`] wraps a type with accessors for the details. All
+//! downcast from [`tower::BoxError`], so they survive stacks that box errors:
 //!
 //! ```
 //! use tower::BoxError;
@@ -48,12 +46,9 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether trying the same request again later may succeed: a Token API
-    /// outage, rate limit or timeout, an error of the inner service
-    /// (connection failures and the like), or a 401 that a fresh token may
-    /// cure ([`Unauthorized::is_transient`]). Never true for a 403, a Token
-    /// API 4xx other than 429, or insecure transport: those need a change of
-    /// configuration, not patience.
+    /// Whether the same request may succeed later: a Token API outage, rate limit
+    /// or timeout, an inner-service error, or a curable 401 ([`Unauthorized::is_transient`]).
+    /// Never for a 403, a Token API 4xx other than 429, or insecure transport.
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Token(err) => err.is_transient(),
@@ -71,8 +66,7 @@ impl Error {
         }
     }
 
-    /// What to do about it, in the words of Propel's docs; `None` for an
-    /// error of the inner service.
+    /// What to do about it, in the words of Propel's docs; `None` for an inner-service error.
     pub fn hint(&self) -> Option<String> {
         match self {
             Error::Forbidden(err) => Some(err.hint()),
@@ -82,9 +76,7 @@ impl Error {
             Error::Service(_) => None,
         }
     }
-}
 
-impl Error {
     fn wrapped(&self) -> &(dyn std::error::Error + 'static) {
         match self {
             Error::Forbidden(err) => err,
@@ -96,8 +88,8 @@ impl Error {
     }
 }
 
-/// `Error` is transparent: it shows what it wraps and hands on that error's
-/// own cause, so an error chain (anyhow's `{:#}`, eyre) never repeats a line.
+/// Transparent: shows what it wraps and hands on that error's own cause, so an
+/// error chain (anyhow's `{:#}`, eyre) never repeats a line.
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self.wrapped(), f)
@@ -122,8 +114,7 @@ impl From<TokenError> for Error {
 pub enum ForbiddenReason {
     /// The token lacks this scope.
     MissingScope(Scope),
-    /// No Data Pool Access Policy lets the Application (or this token's
-    /// policy values) read the data.
+    /// No Data Pool Access Policy lets the Application (or the token's policy values) read it.
     Policy,
     /// The message named neither a scope nor a policy.
     Other,
@@ -159,8 +150,7 @@ impl Forbidden {
         self.reason == ForbiddenReason::Policy
     }
 
-    /// The server's message: a short excerpt of the body with anything that
-    /// looks like a token removed. Empty when the body had no text.
+    /// The server's message, redacted and short; empty when the body had no text.
     pub fn message(&self) -> &str {
         &self.message
     }
@@ -201,12 +191,10 @@ impl std::error::Error for Forbidden {}
 
 /// Propel answered 401.
 ///
-/// With a token, the layer dropped the rejected token (if it was still the
-/// cached one), so the next attempt carries a fresh one:
-/// [`is_transient`](Self::is_transient) says whether one may cure it, and
-/// [`retry::TransientErrors`](crate::retry::TransientErrors) sends the
-/// request once more. With Basic credentials or a bearer token there is
-/// nothing to refresh: it is final at once.
+/// The layer dropped the rejected token (if still cached), so the next attempt
+/// carries a fresh one: [`is_transient`](Self::is_transient) says whether that
+/// may cure it, and [`retry::TransientErrors`](crate::retry::TransientErrors)
+/// resends. With Basic credentials or a bearer token it is final at once.
 #[derive(Debug)]
 pub struct Unauthorized {
     reason: UnauthorizedReason,
@@ -220,14 +208,11 @@ pub(crate) enum UnauthorizedReason {
     ApplicationCredentials,
     /// A token minted elsewhere, which cannot be renewed: final.
     GivenToken,
-    /// A token that was dropped (or already replaced): the next attempt
-    /// carries another.
+    /// A token dropped (or already replaced): the next attempt carries another.
     Curable,
     /// A token fetched to replace one a 401 rejected moments before: final.
     FreshTokenRejected,
-    /// A token kept because another 401 dropped one less than a cool-down
-    /// ago, so that a server rejecting every token cannot cause a refresh
-    /// storm: final.
+    /// A token kept as another 401 dropped one within a cool-down (no refresh storm): final.
     Throttled,
 }
 
@@ -264,11 +249,9 @@ impl Unauthorized {
         Self { reason, message }
     }
 
-    /// Whether sending the request again may succeed: the rejected token was
-    /// dropped (or already replaced), so the next attempt carries another.
-    /// False with Basic credentials, for a bearer token, for a 401 on a token
-    /// fetched to replace a rejected one, and for a 401 less than a
-    /// cool-down after another dropped a token.
+    /// Whether sending again may succeed: the rejected token was dropped (or
+    /// replaced). False with Basic credentials, a bearer token, a token fetched
+    /// to replace a rejected one, or within a cool-down of another drop.
     pub fn is_transient(&self) -> bool {
         self.reason == UnauthorizedReason::Curable
     }
@@ -296,9 +279,8 @@ impl fmt::Display for Unauthorized {
 
 impl std::error::Error for Unauthorized {}
 
-/// Credentials would have gone over plain HTTP to a host that is not loopback.
-///
-/// Nothing was sent.
+/// Credentials would have gone over plain HTTP to a host that is not loopback;
+/// nothing was sent.
 #[derive(Debug)]
 pub struct InsecureTransport {
     origin: String,
@@ -313,9 +295,7 @@ impl InsecureTransport {
     pub fn origin(&self) -> &str {
         &self.origin
     }
-}
 
-impl InsecureTransport {
     /// What to change.
     pub fn hint(&self) -> &'static str {
         "use https: plain http is allowed only to loopback"
@@ -358,11 +338,9 @@ pub enum TokenErrorKind {
     Timeout,
     /// The connection failed (refused, reset, DNS …).
     Transport,
-    /// The token URL is https and reqwest was built without a TLS backend:
-    /// turn on this crate's `rustls` or `native-tls` feature.
+    /// The token URL is https and reqwest has no TLS backend (turn on `rustls` or `native-tls`).
     TlsUnavailable,
-    /// A 2xx answer that is not a usable token: malformed JSON, no
-    /// `access_token`, a `token_type` other than Bearer, an oversized body.
+    /// A 2xx answer that is no usable token (bad JSON, no `access_token`, not Bearer, too big).
     InvalidResponse,
     /// The token is past its expiry and cannot be renewed (a token passed to
     /// [`PropelAuthLayer::bearer`](crate::PropelAuthLayer::bearer)).
@@ -401,8 +379,7 @@ impl fmt::Display for TokenRequestField {
 
 /// No access token could be had.
 ///
-/// All the requests that waited on one failed token request receive the same
-/// error (it is shared, not copied).
+/// Every request that waited on one failed token request gets this same error.
 pub struct TokenError {
     inner: Arc<TokenErrorDetails>,
 }
@@ -433,20 +410,17 @@ impl TokenErrorDetails {
         }
     }
 
-    /// The Token API's status.
     pub(crate) fn with_status(mut self, status: StatusCode) -> Self {
         self.status = Some(status);
         self
     }
 
-    /// The RFC 6749 `error` code.
     pub(crate) fn with_oauth_error(mut self, oauth_error: Option<String>) -> Self {
         self.oauth_error = oauth_error;
         self
     }
 
-    /// What went wrong in words: an `error_description`, an excerpt of the
-    /// body (redacted), or ours.
+    /// An `error_description`, a redacted excerpt of the body, or ours.
     pub(crate) fn with_description(mut self, description: impl Into<String>) -> Self {
         self.description = Some(description.into());
         self
@@ -471,75 +445,63 @@ impl From<TokenErrorDetails> for TokenError {
     }
 }
 
-/// What a [`TokenErrorKind`] says, what to do about it, and whether waiting
-/// may help: one row per kind.
-struct KindText {
-    says: &'static str,
-    hint: &'static str,
-    transient: bool,
-}
-
 impl TokenErrorKind {
-    fn text(self) -> KindText {
-        let row = |says, hint, transient| KindText {
-            says,
-            hint,
-            transient,
-        };
+    /// (`Display`, hint, whether waiting may help)
+    fn text(self) -> (&'static str, &'static str, bool) {
         const UNAVAILABLE: &str = "the Token API is unavailable; try again after the cool-down (retry::TransientErrors does)";
         const UNREACHABLE: &str = "check the network path to the Token API; try again after the cool-down (retry::TransientErrors does)";
         match self {
-            Self::InvalidClient => row(
+            Self::InvalidClient => (
                 "the Token API rejected the client credentials",
                 "check the Application ID (the Application must exist in this account) and confirm its secret",
                 false,
             ),
-            Self::InvalidRequest => row(
+            Self::InvalidRequest => (
                 "the Token API rejected the request",
                 "check grant_type=client_credentials, the Application ID and its secret",
                 false,
             ),
-            Self::UnsupportedGrantType => row(
+            Self::UnsupportedGrantType => (
                 "the Token API does not support the grant type",
                 "send grant_type=client_credentials",
                 false,
             ),
-            Self::InvalidScope => row(
+            Self::InvalidScope => (
                 "the Token API rejected the requested scopes",
                 "request only scopes the Application has",
                 false,
             ),
-            Self::UnauthorizedClient => row(
+            Self::UnauthorizedClient => (
                 "the Application may not use this grant",
                 "check that the Application may use the client-credentials grant",
                 false,
             ),
-            Self::Rejected => row(
+            Self::Rejected => (
                 "the Token API rejected the request",
                 "check the token URL, the Application ID and its secret",
                 false,
             ),
-            Self::RateLimited => row("the Token API is rate limiting", UNAVAILABLE, true),
-            Self::Server => row("the Token API failed", UNAVAILABLE, true),
-            Self::Timeout => row("the Token API did not answer in time", UNREACHABLE, true),
-            Self::Transport => row("the Token API could not be reached", UNREACHABLE, true),
-            Self::TlsUnavailable => row(
+            Self::RateLimited => ("the Token API is rate limiting", UNAVAILABLE, true),
+            Self::Server => ("the Token API failed", UNAVAILABLE, true),
+            Self::Timeout => ("the Token API did not answer in time", UNREACHABLE, true),
+            Self::Transport => ("the Token API could not be reached", UNREACHABLE, true),
+            Self::TlsUnavailable => (
                 "reqwest has no TLS backend for the https token URL",
                 "turn on a TLS backend: the rustls (default) or native-tls feature of tower-propel-auth, or a TLS feature of your own reqwest dependency",
                 false,
             ),
-            Self::InvalidResponse => row(
+            Self::InvalidResponse => (
                 "the Token API's answer is not a usable token",
                 "check that the token URL points at Propel's Token API",
                 false,
             ),
-            Self::Expired => row(
+            Self::Expired => (
                 "the access token has expired and cannot be renewed",
                 "mint a new token and build a new layer with it",
                 false,
             ),
             // Transient when the source says so.
-            Self::Source => row("the token source failed", "see the token source's error", false),
+            Self::Source => ("the token source failed", "see the token source's error", false),
         }
     }
 }
@@ -549,19 +511,17 @@ impl TokenError {
         TokenErrorDetails::new(kind).into()
     }
 
-    /// An error from a custom [`TokenSource`](crate::TokenSource) that
-    /// trying again will not cure (a configuration problem, a bug). Keep
-    /// secrets out of `source`: it is shown by `Display` chains.
+    /// An error from a custom [`TokenSource`](crate::TokenSource) that trying
+    /// again will not cure. Keep secrets out of `source`: `Display` chains show it.
     pub fn permanent(source: impl Into<BoxError>) -> Self {
         TokenErrorDetails::new(TokenErrorKind::Source)
             .with_cause(source)
             .into()
     }
 
-    /// An error from a custom [`TokenSource`](crate::TokenSource) that may
-    /// pass (an outage, a timeout): [`is_transient`](Self::is_transient),
-    /// so background refreshes retry it with backoff. Keep secrets out of
-    /// `source`: it is shown by `Display` chains.
+    /// An error from a custom [`TokenSource`](crate::TokenSource) that may pass
+    /// (an outage, a timeout); [`is_transient`](Self::is_transient), so background
+    /// refreshes retry it. Keep secrets out of `source`: `Display` chains show it.
     pub fn transient(source: impl Into<BoxError>) -> Self {
         TokenErrorDetails {
             transient_source: true,
@@ -620,15 +580,12 @@ impl TokenError {
     }
 
     /// Whether a later attempt may succeed: 429, 5xx, timeouts, transport
-    /// errors, and a custom source's errors made with
-    /// [`TokenError::transient`]. Any other 4xx is a configuration problem
-    /// and is never retried.
+    /// errors, and [`TokenError::transient`] source errors; never another 4xx.
     pub fn is_transient(&self) -> bool {
-        self.inner.kind.text().transient || self.inner.transient_source
+        self.inner.kind.text().2 || self.inner.transient_source
     }
 
-    /// The fix Propel's docs suggest: for the field the answer points at,
-    /// else for the kind of error.
+    /// The fix Propel's docs suggest, for the field at fault or else the kind.
     pub fn hint(&self) -> &'static str {
         match self.field() {
             Some(TokenRequestField::GrantType) => "send grant_type=client_credentials",
@@ -642,13 +599,12 @@ impl TokenError {
             Some(TokenRequestField::PolicyValues) => {
                 "send policy_values as a JSON object, e.g. {\"tenant_id\":\"123\"}"
             }
-            None => self.inner.kind.text().hint,
+            None => self.inner.kind.text().1,
         }
     }
 }
 
-/// Which request field an RFC 6749 error points at, from its kind and the
-/// words of its description.
+/// Which request field an RFC 6749 error points at, by kind and description.
 fn guess_field(kind: TokenErrorKind, description: Option<&str>) -> Option<TokenRequestField> {
     let text = description.unwrap_or_default().to_ascii_lowercase();
     let mentions = |words: &[&str]| words.iter().any(|word| text.contains(word));
@@ -684,7 +640,7 @@ fn guess_field(kind: TokenErrorKind, description: Option<&str>) -> Option<TokenR
 
 impl fmt::Debug for TokenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Everything in here is already redacted; forward to the details.
+        // Everything in here is already redacted.
         fmt::Debug::fmt(&self.inner, f)
     }
 }
@@ -693,7 +649,7 @@ impl fmt::Display for TokenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let inner = &self.inner;
         f.write_str("could not get a Propel access token: ")?;
-        f.write_str(inner.kind.text().says)?;
+        f.write_str(inner.kind.text().0)?;
         if let Some(status) = inner.status {
             write!(f, " (HTTP {}", status.as_u16())?;
             if let Some(code) = &inner.oauth_error {
@@ -716,17 +672,12 @@ impl fmt::Display for TokenError {
 
 impl std::error::Error for TokenError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.inner
-            .source
-            .as_deref()
-            .map(|err| err as &(dyn std::error::Error + 'static))
+        Some(self.inner.source.as_deref()?)
     }
 }
 
-/// The configuration is not usable: a missing environment variable, an empty
-/// secret, a malformed URL, plain HTTP to a non-loopback Token API …
-///
-/// Returned before anything is sent.
+/// The configuration is not usable (a missing environment variable, an empty
+/// secret, a malformed URL …); returned before anything is sent.
 #[derive(Debug)]
 pub struct ConfigError {
     what: String,

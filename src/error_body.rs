@@ -13,9 +13,8 @@ use crate::Scope;
 /// The most of a Token API answer or an error body this crate reads.
 pub(crate) const BODY_LIMIT: usize = 64 * 1024;
 
-/// The longest the layer reads the body of a 401 or 403 for its message: a
-/// server that stalls mid-body must not hang the request (a `tower::timeout`
-/// outside the layer bounds only the wait for the response head).
+/// The longest the layer reads a 401 or 403 body for its message: a stalled
+/// body must not hang the request (an outer `tower::timeout` bounds only the head).
 pub(crate) const ERROR_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The most of a server's message an error keeps.
@@ -29,8 +28,7 @@ pub(crate) struct Capped {
     pub(crate) truncated: bool,
 }
 
-/// Reads at most [`BODY_LIMIT`] bytes of `body`, frame by frame, and stops
-/// there: a 10 MiB body costs 64 KiB.
+/// Reads at most [`BODY_LIMIT`] bytes of `body`, frame by frame, then stops.
 pub(crate) async fn read_capped<B>(body: B) -> Result<Capped, BoxError>
 where
     B: Body,
@@ -38,23 +36,20 @@ where
 {
     let mut body = std::pin::pin!(body);
     let mut buf = BytesMut::new();
+    let mut truncated = false;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(Into::into)?;
-        if let Ok(mut data) = frame.into_data() {
+        if let Ok(mut data) = frame.map_err(Into::into)?.into_data() {
             let room = BODY_LIMIT - buf.len();
-            if data.remaining() > room {
-                buf.put((&mut data).take(room));
-                return Ok(Capped {
-                    bytes: buf.freeze(),
-                    truncated: true,
-                });
+            truncated = data.remaining() > room;
+            buf.put((&mut data).take(room));
+            if truncated {
+                break;
             }
-            buf.put(data);
         }
     }
     Ok(Capped {
         bytes: buf.freeze(),
-        truncated: false,
+        truncated,
     })
 }
 
@@ -82,9 +77,8 @@ struct GraphQlError {
 }
 
 /// Parses GraphQL-style `{"errors":[{"message":…}]}`, RFC 6749
-/// `{"error":…,"error_description":…}`, `{"message":…}`, or plain text.
-/// Never fails: what cannot be understood becomes an excerpt. `known`
-/// secrets are removed by value (see [`excerpt`]).
+/// `{"error":…,"error_description":…}`, `{"message":…}`, or plain text. Never
+/// fails: anything else becomes an excerpt, `known` secrets removed ([`excerpt`]).
 pub(crate) fn parse_error_body(bytes: &[u8], known: &[&str]) -> ErrorBody {
     let excerpt = |text: &str| excerpt(text, known);
     if let Ok(json) = serde_json::from_slice::<JsonError>(bytes) {
@@ -99,10 +93,9 @@ pub(crate) fn parse_error_body(bytes: &[u8], known: &[&str]) -> ErrorBody {
             Some(serde_json::Value::String(code)) => Some(code),
             // Some servers nest: {"error":{"message":…}}
             Some(serde_json::Value::Object(map)) => {
-                let message = map.get("message").and_then(|m| m.as_str()).map(excerpt);
                 return ErrorBody {
                     code: map.get("code").and_then(|c| c.as_str()).map(excerpt),
-                    message,
+                    message: map.get("message").and_then(|m| m.as_str()).map(excerpt),
                 };
             }
             _ => None,
@@ -134,29 +127,24 @@ pub(crate) fn parse_error_body(bytes: &[u8], known: &[&str]) -> ErrorBody {
 /// Classifies a 403 body: the scope it names, a policy problem, or neither.
 pub(crate) fn forbidden_from_body(bytes: &[u8], known: &[&str]) -> Forbidden {
     let message = parse_error_body(bytes, known).message.unwrap_or_default();
-    let reason = classify_forbidden(&message);
-    Forbidden::new(reason, message)
+    Forbidden::new(classify_forbidden(&message), message)
 }
 
 fn classify_forbidden(message: &str) -> ForbiddenReason {
-    // Propel: `Application APP… is not allowed to query Data Pool DPO…,
-    // because it lacks the "data-pool:query" scope; you must add this scope
-    // …`. The IDs and names before the phrase are anyone's text
-    // (`APP01NOSCOPE`, a Data Pool called `scope admin`), so try every word
-    // that starts with "scope", the last first: the phrase comes after them,
-    // and "add this scope to" names none.
+    // Propel: `… is not allowed to query Data Pool DPO…, because it lacks the
+    // "data-pool:query" scope; you must add this scope …`. IDs and names come
+    // first and may hold "scope" (`APP01NOSCOPE`, a Data Pool `scope admin`), so
+    // try every word starting with "scope", the last first: the phrase follows.
     let lower = message.to_ascii_lowercase();
     let named = lower
         .rmatch_indices("scope")
         .filter(|&(at, _)| !is_word_char(at.checked_sub(1).map(|before| lower.as_bytes()[before])))
         .find_map(|(at, _)| scope_named_at(message, at));
-    if let Some(scope) = named {
-        return ForbiddenReason::MissingScope(scope);
+    match named {
+        Some(scope) => ForbiddenReason::MissingScope(scope),
+        None if lower.contains("policy") || lower.contains("policies") => ForbiddenReason::Policy,
+        None => ForbiddenReason::Other,
     }
-    if lower.contains("policy") || lower.contains("policies") {
-        return ForbiddenReason::Policy;
-    }
-    ForbiddenReason::Other
 }
 
 /// Whether `byte` continues a word: a letter, a digit or `_`.
@@ -164,10 +152,9 @@ fn is_word_char(byte: Option<u8>) -> bool {
     byte.is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-/// The scope that the word starting with "scope" at `at` is part of a phrase
-/// about: the quoted word right before it (`lacks the "data-pool:query"
-/// scope`), or a known scope right after the word "scope" itself (`lacks
-/// scope data_pool:query`, `missing scope: METRIC_QUERY`).
+/// The scope named by the phrase around the word at `at`: the quoted word just
+/// before (`lacks the "data-pool:query" scope`), or a known scope just after
+/// the word "scope" itself (`lacks scope data_pool:query`, `missing scope: METRIC_QUERY`).
 fn scope_named_at(message: &str, at: usize) -> Option<Scope> {
     if let Some(scope) = quoted_before(&message[..at]) {
         return Some(Scope::from(scope));
@@ -199,9 +186,8 @@ fn quoted_before(text: &str) -> Option<&str> {
     (!word.is_empty() && word.len() < 64).then_some(word)
 }
 
-/// A short, single-line excerpt of outside text with the `known` secrets
-/// (the Application secret, the current token) and anything that looks like
-/// a token or a secret replaced by `[redacted]`.
+/// A short, single-line excerpt of outside text, with the `known` secrets (the
+/// Application secret, the current token) and anything token-like `[redacted]`.
 pub(crate) fn excerpt(text: &str, known: &[&str]) -> String {
     let mut scrubbed = std::borrow::Cow::Borrowed(text);
     for secret in known.iter().filter(|secret| !secret.is_empty()) {
@@ -209,10 +195,9 @@ pub(crate) fn excerpt(text: &str, known: &[&str]) -> String {
             scrubbed = std::borrow::Cow::Owned(scrubbed.replace(secret, "[redacted]"));
         }
     }
-    let text = scrubbed.as_ref();
     let mut out = String::new();
     let mut chars = 0;
-    for word in text.split_whitespace() {
+    for word in scrubbed.split_whitespace() {
         if chars >= EXCERPT_CHARS {
             out.push('…');
             break;

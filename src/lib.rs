@@ -1,12 +1,11 @@
 //! Tower middleware that gives any HTTP client the credentials the
 //! [Propel Data API](https://www.propeldata.com/docs) asks for.
 //!
-//! [`PropelAuthLayer`] wraps a tower HTTP client service (hyper-util's client,
-//! `reqwest::Client`, a tower-http stack) and adds to every request for the
-//! Propel API either the Application's ID and secret as HTTP Basic
-//! credentials, or a short-lived access token from Propel's Token API, cached
-//! and refreshed by one shared refresher: concurrent requests wait on a single
-//! token request, and no request waits while the cached token is good.
+//! [`PropelAuthLayer`] wraps a tower HTTP client (hyper-util's, `reqwest::Client`,
+//! a tower-http stack) and adds to every Propel API request the Application's
+//! ID and secret as HTTP Basic credentials, or a short-lived access token from
+//! Propel's Token API, cached and refreshed ahead: concurrent requests wait on
+//! one token request, and none waits while the cached token is good.
 //!
 //! ```
 //! use tower::{ServiceBuilder, ServiceExt};
@@ -61,12 +60,10 @@
 //! # Features
 //!
 //! - `reqwest` (default): wrap `reqwest::Client` and use it for token requests.
-//! - `rustls` (default) or `native-tls`: the TLS backend of that reqwest
-//!   (reqwest comes without its default features, so pick one, or turn one
-//!   on in your own `reqwest` dependency).
+//! - `rustls` (default) or `native-tls`: that reqwest's TLS backend (it comes
+//!   without its default features: pick one, here or in your own `reqwest`).
 //! - `test-util`: [`FakePropel`], a Propel-compatible server on loopback.
-//! - `redis`: one token per parameter set for a whole fleet of processes,
-//!   through Redis or Valkey: `SharedCache::redis`, in `shared_cache`.
+//! - `redis`: one token per parameter set for a fleet, in Redis or Valkey (`shared_cache`).
 //! - `shared-cache`: the same over any store behind `shared_cache::SharedStore`.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]

@@ -1,9 +1,7 @@
 //! The request and response types [`PropelAuth`](crate::PropelAuth) works
-//! over, for `http` types and (feature `reqwest`) reqwest's, so that one
-//! state machine serves both.
+//! over: `http`'s and (feature `reqwest`) reqwest's, served by one state machine.
 
-// The sealed traits' methods take the crate's private types; nobody outside
-// can name the traits, let alone call them.
+// The sealed traits' methods take private types; nobody outside can name them.
 #![allow(private_interfaces)]
 
 use std::future::Future;
@@ -17,29 +15,23 @@ use crate::error_body::{read_capped, ERROR_BODY_TIMEOUT};
 use crate::origin::{AllowedOrigins, Decision};
 use crate::TokenParams;
 
-/// A request [`PropelAuth`](crate::PropelAuth) can add credentials to:
+/// A request [`PropelAuth`](crate::PropelAuth) can add credentials to. Sealed:
 ///
 /// - `http::Request<B>`, for any body `B` (hyper-util's client, tower-http
-///   stacks). It may carry [`TokenParams`] in its extensions.
-/// - `reqwest::Request` (feature `reqwest`), whose extensions are private:
-///   its tenant's token comes from a tenant view,
-///   [`PropelAuthLayer::with_params`](crate::PropelAuthLayer::with_params).
-///
-/// Sealed: these are the only implementors.
+///   stacks), which may carry [`TokenParams`] in its extensions.
+/// - `reqwest::Request` (feature `reqwest`), whose extensions are private: use
+///   a tenant view ([`PropelAuthLayer::with_params`](crate::PropelAuthLayer::with_params)).
 pub trait AuthRequest: sealed::Request {}
 
-/// A response [`PropelAuth`](crate::PropelAuth) can read a 401 or 403 from:
+/// A response [`PropelAuth`](crate::PropelAuth) can read a 401 or 403 from. Sealed:
 ///
 /// - `http::Response<B>` for a body `B: http_body::Body + Send + 'static`
 ///   whose `Data` is `Send` and whose `Error` converts into a
 ///   [`BoxError`] (hyper's `Incoming`, `http_body_util` bodies, tower-http's);
 /// - `reqwest::Response` (feature `reqwest`).
-///
-/// Sealed: these are the only implementors.
 pub trait AuthResponse: sealed::Response {}
 
-/// The methods behind the two traits. Public only to be their supertraits;
-/// unnameable outside the crate.
+/// The methods behind the two traits, public only to be their supertraits.
 pub(crate) mod sealed {
     use super::*;
 
@@ -125,8 +117,7 @@ impl sealed::Request for reqwest::Request {
         self.headers_mut()
     }
 
-    /// reqwest keeps its request extensions private: a reqwest request gets
-    /// its parameters from the layer or a tenant view of it.
+    /// Private in reqwest: parameters come from the layer or a tenant view.
     #[inline]
     fn token_params(&self) -> Option<&TokenParams> {
         None

@@ -23,33 +23,25 @@ impl Origin {
         let uri: Uri = url
             .parse()
             .map_err(|err| ConfigError::invalid(what, format!("{url:?} is not a URL ({err})")))?;
-        Self::from_parts(uri.scheme_str(), uri.host(), uri.port_u16()).ok_or_else(|| {
+        let unusable = || {
             ConfigError::invalid(
                 what,
                 format!("{url:?} needs an http or https scheme and a host"),
             )
-        })
-    }
-
-    pub(crate) fn from_parts(
-        scheme: Option<&str>,
-        host: Option<&str>,
-        port: Option<u16>,
-    ) -> Option<Self> {
-        let https = match scheme? {
-            s if s.eq_ignore_ascii_case("https") => true,
-            s if s.eq_ignore_ascii_case("http") => false,
-            _ => return None,
         };
-        let host = host?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
+        let https = match uri.scheme_str() {
+            Some(s) if s.eq_ignore_ascii_case("https") => true,
+            Some(s) if s.eq_ignore_ascii_case("http") => false,
+            _ => return Err(unusable()),
+        };
+        let host = uri.host().ok_or_else(unusable)?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() {
-            return None;
+            return Err(unusable());
         }
-        let port = port.unwrap_or(if https { 443 } else { 80 });
-        Some(Self { https, host, port })
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let host = host.to_ascii_lowercase();
+        Ok(Self { https, host, port })
     }
 
     /// Plain HTTP to something other than loopback.
@@ -89,8 +81,7 @@ pub(crate) enum Decision {
 #[derive(Debug, Clone)]
 pub(crate) struct AllowedOrigins {
     origins: Vec<Origin>,
-    /// `(https, authority)` pairs a request's URI can be compared with as
-    /// they are (`host` and `host:port`), for origins that get credentials.
+    /// `(https, host[:port])` of the origins that get credentials, as URIs spell them.
     authorities: Vec<(bool, String)>,
 }
 
@@ -136,9 +127,7 @@ impl AllowedOrigins {
         ])
     }
 
-    /// Decides for a request URI: a comparison of its scheme and authority as
-    /// they are when it is an allowed origin (the usual case), else the full
-    /// check.
+    /// Decides for a request URI: string comparisons first, else the full check.
     #[inline]
     pub(crate) fn decide_uri(&self, uri: &http::Uri) -> Decision {
         if let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) {
@@ -150,9 +139,8 @@ impl AllowedOrigins {
         self.decide(uri.scheme_str(), uri.host(), uri.port_u16())
     }
 
-    /// Whether a request's authority, as its URL has it, is that of an
-    /// allowed origin that gets credentials: string comparisons with what
-    /// was precomputed at build time, no parsing.
+    /// Whether a request's authority, as its URL has it, is that of an allowed
+    /// origin that gets credentials: no parsing, only string comparisons.
     #[inline]
     pub(crate) fn is_allowed_authority(&self, https: bool, authority: &str) -> bool {
         self.authorities.iter().any(|(allowed_https, allowed)| {
@@ -161,8 +149,7 @@ impl AllowedOrigins {
         })
     }
 
-    /// Decides for a request to `scheme://host:port`. A request without a
-    /// scheme or host (origin-form URI) cannot be placed and passes through.
+    /// Decides for `scheme://host:port`; an origin-form URI (no scheme or host) passes through.
     #[inline]
     pub(crate) fn decide(
         &self,

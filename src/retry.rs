@@ -1,14 +1,11 @@
 //! A [`tower::retry::Policy`] that retries what is worth retrying.
 //!
-//! [`TransientErrors`] retries a request whose error [`Error::is_transient`]
-//! says may pass (a Token API outage, rate limit or timeout, a failed
-//! connection, a `tower::timeout` that elapsed), with tower's jittered
-//! exponential backoff and a bounded number of attempts. A 401 whose token
-//! the layer dropped is retried at once: the next attempt carries a fresh
-//! token, already being fetched. It never retries a 403, a 401 that a fresh
-//! token did not cure, a Token API 4xx or insecure transport: those need a
-//! change of configuration. Responses (whatever their status) are never
-//! retried.
+//! [`TransientErrors`] retries an error that [`Error::is_transient`] says may
+//! pass (a Token API outage, rate limit or timeout, a failed connection, an
+//! elapsed `tower::timeout`) with jittered exponential backoff and bounded
+//! attempts; a 401 whose token the layer dropped, at once with a fresh token.
+//! Never a 403, a 401 a fresh token did not cure, a Token API 4xx, insecure
+//! transport, or a response (whatever its status).
 //!
 //! Put it outside [`PropelAuthLayer`](crate::PropelAuthLayer), so that each
 //! attempt gets the current token:
@@ -29,9 +26,8 @@
 //! # let _ = client; Ok(()) }
 //! ```
 //!
-//! A retried POST is sent again. Propel's queries are reads, but a mutation
-//! whose connection failed mid-way may have been applied: retry mutations
-//! only if they are idempotent.
+//! A retried POST is sent again: retry mutations (which a failed connection may
+//! have left applied) only if they are idempotent.
 
 use std::any::Any;
 use std::pin::Pin;
@@ -49,11 +45,8 @@ use crate::Error;
 
 /// Retries transient errors with jittered exponential backoff, at most
 /// `max_retries` times per request, and never sooner than a `Retry-After`
-/// the Token API sent (up to a minute).
-///
-/// tower's `Retry` clones the policy for every request; each clone starts a
-/// backoff of its own with a fresh random seed, so requests that failed
-/// together do not retry in step.
+/// the Token API sent (up to a minute). Each request's clone of the policy has
+/// its own random seed, so requests that failed together do not retry in step.
 #[derive(Debug)]
 pub struct TransientErrors {
     retries_left: usize,
@@ -65,9 +58,8 @@ pub struct TransientErrors {
 
 impl TransientErrors {
     /// At most `max_retries` retries, waiting 500 ms, 1 s, 2 s … (at most
-    /// 10 s) plus up to 100% jitter. The second retry always comes after the
-    /// layer's default 1 s cool-down, during which a failed token request is
-    /// not asked again.
+    /// 10 s) plus up to 100% jitter: the second comes after the layer's
+    /// default 1 s cool-down of a failed token request.
     pub fn new(max_retries: usize) -> Self {
         Self::with_backoff(
             max_retries,
@@ -104,12 +96,11 @@ impl TransientErrors {
         if let Some(Error::Unauthorized(_)) = error {
             return Some(Box::pin(tokio::time::sleep(Duration::ZERO)));
         }
-        let retry_after = error.and_then(Error::retry_after);
         let backoff = self.backoff.get_or_insert_with(|| {
             make_backoff(self.min, self.max).expect("checked when the policy was made")
         });
         let mut sleep = Box::pin(backoff.next_backoff());
-        if let Some(after) = retry_after {
+        if let Some(after) = error.and_then(Error::retry_after) {
             let not_before = tokio::time::Instant::now() + after;
             if sleep.deadline() < not_before {
                 sleep.as_mut().reset(not_before);
@@ -123,10 +114,8 @@ impl Clone for TransientErrors {
     /// A fresh policy for another request: the same limits, a new backoff.
     fn clone(&self) -> Self {
         Self {
-            retries_left: self.retries_left,
-            min: self.min,
-            max: self.max,
             backoff: None,
+            ..*self
         }
     }
 }
@@ -138,24 +127,20 @@ fn make_backoff(min: Duration, max: Duration) -> Result<ExponentialBackoff, crat
     Ok(maker.make_backoff())
 }
 
-/// Whether a boxed error (from a stack of tower layers) is worth retrying:
-/// this crate's transient errors and elapsed `tower::timeout`s.
+/// Whether a boxed error is worth retrying: a transient [`Error`] or an elapsed `tower::timeout`.
 pub fn is_transient(err: &BoxError) -> bool {
     err.as_crate_error()
         .map_or_else(|| err.timed_out(), Error::is_transient)
 }
 
-/// What the policy needs of requests and errors, for the types it serves:
-/// `http::Request` and `reqwest::Request`; this crate's [`Error`] and the
-/// [`BoxError`] of a stack of tower layers around it. Sealed.
+/// What the policy needs of the requests and errors it serves. Sealed.
+#[allow(unreachable_pub)]
 mod sealed {
-    #[allow(unreachable_pub)]
     pub trait RetryRequest: Sized {
         /// A copy, when the body can be sent again.
         fn try_clone_request(&self) -> Option<Self>;
     }
 
-    #[allow(unreachable_pub)]
     pub trait RetryError {
         fn as_crate_error(&self) -> Option<&crate::Error>;
         /// A `tower::timeout` that elapsed.
@@ -180,10 +165,8 @@ impl<B: 'static> RetryRequest for http::Request<B> {
     }
 }
 
-/// Clones a body whose type is one of the common in-memory bodies; `None`
-/// for streaming bodies, which cannot be sent twice. This spares users a
-/// `B: Clone` bound; tower-http's `FollowRedirect` instead asks its policy
-/// (`Policy::clone_body`), and tower's retry leaves it to the user's policy.
+/// Clones a body of one of the common in-memory types, sparing users a
+/// `B: Clone` bound; `None` for streaming bodies, which cannot be sent twice.
 fn clone_body<B: 'static>(body: &B) -> Option<B> {
     fn try_as<T: Clone + 'static, B: 'static>(body: &B) -> Option<B> {
         let typed = (body as &dyn Any).downcast_ref::<T>()?;

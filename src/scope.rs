@@ -6,12 +6,10 @@ use std::str::FromStr;
 
 /// A Propel scope.
 ///
-/// Parsed from any of the spellings Propel uses: the GraphQL enum name
-/// (`DATA_POOL_QUERY`), the token-request string (`data_pool:query`) and the
-/// hyphenated form found in error messages (`data-pool:query`), in any case.
-/// Displayed as the token-request string, the form the Token API's `scope`
-/// parameter takes. Unknown scopes are kept as [`Scope::Other`] rather than
-/// rejected, so a scope Propel adds later still round-trips.
+/// Parsed from any spelling Propel uses, in any case: the GraphQL enum name
+/// (`DATA_POOL_QUERY`), the token-request string (`data_pool:query`), or the
+/// form in error messages (`data-pool:query`). Displayed as the token-request
+/// string. Unknown scopes are kept as [`Scope::Other`], so they round-trip.
 ///
 /// ```
 /// use tower_propel_auth::Scope;
@@ -111,8 +109,7 @@ impl Scope {
     }
 }
 
-/// Folds every spelling to one key: `DATA_POOL_QUERY`, `data_pool:query` and
-/// `data-pool:query` all become `datapoolquery`.
+/// Folds every spelling to one key: `DATA_POOL_QUERY`, `data-pool:query` → `datapoolquery`.
 fn fold(spelling: &str) -> String {
     spelling
         .chars()

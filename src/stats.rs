@@ -4,8 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// A snapshot of a layer's counters (see [`PropelAuthLayer::stats`](crate::PropelAuthLayer::stats)).
 ///
-/// Every clone of a layer and every service made from it count into the same
-/// counters. Counts only go up.
+/// A layer's clones and services share its counters, which only go up.
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -23,49 +22,39 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Token requests made (each attempt counts, background ones included).
-    /// A token read from the shared cache is not one.
+    /// Token requests made, each attempt and background ones included (not
+    /// tokens read from the shared cache).
     pub token_requests: u64,
     /// Token requests that failed.
     pub token_failures: u64,
-    /// Requests that had to wait for a token: none was cached and valid, so
-    /// they joined (or started) a token request. A request failing fast
-    /// during a cool-down does not count; a retry's wait after a 401 does.
+    /// Requests that waited for a token, none being cached and valid: a retry's
+    /// wait after a 401 counts, a request failing fast in a cool-down does not.
     pub waited_for_token: u64,
-    /// Tokens dropped because Propel answered 401 to a request that carried
-    /// them: one per rejected token, however many requests carried it. The
-    /// next request gets a fresh token, so with a retry layer outside these
-    /// 401s are cured, not final.
+    /// Tokens dropped because Propel answered 401 to a request carrying them,
+    /// once per token. A retry layer outside cures these 401s with a fresh token.
     pub tokens_rejected: u64,
     /// Requests that ended in [`Error::Unauthorized`](crate::Error::Unauthorized),
     /// transient ones (which a retry cures) included.
     pub unauthorized: u64,
     /// Requests that ended in [`Error::Forbidden`](crate::Error::Forbidden).
     pub forbidden: u64,
-    /// Parameter sets (tenants) with a token cache of their own right now
-    /// (a gauge, not a count; the default set is not included).
+    /// Parameter sets (tenants) with a token cache of their own now: a gauge,
+    /// without the default set.
     pub token_sets: u64,
-    /// Token fetches served by the shared cache (feature `shared-cache`,
-    /// `shared_cache::SharedCache`): a token another process had put there, read on the
-    /// first look or after waiting for the process that was fetching it. Such
-    /// a fetch makes no token request.
+    /// Token fetches served by the shared cache (feature `shared-cache`) with
+    /// another process's token, at once or after waiting for it: no token request.
     pub store_hits: u64,
-    /// Token fetches that found no usable token in the shared cache on the
-    /// first look: none, the one being replaced, one past its refresh point,
-    /// or a value that did not open.
+    /// Token fetches that found no usable token in the shared cache at first
+    /// (none, the one being replaced, one past its refresh point, or unopenable).
     pub store_misses: u64,
-    /// Token fetches that waited for another process fetching the same
-    /// token (the store's lock was held).
+    /// Token fetches that waited for another process holding the store's lock.
     pub store_lock_waits: u64,
-    /// Token fetches that gave up on the shared cache and made a token
-    /// request of their own without sharing it: the store failed, timed out
-    /// or answered something unreadable, or the other process's token did
-    /// not come within the wait.
+    /// Token fetches that made an unshared token request of their own: the
+    /// store failed, timed out or answered garbage, or no token came in the wait.
     pub store_fallbacks: u64,
-    /// Token fetches that found a value in the shared cache that failed to
-    /// open: tampered with, moved from another key, sealed with another
-    /// secret or by an unknown version. It counts as a miss (and is
-    /// overwritten by the token fetched next); none of its content is logged.
+    /// Token fetches that found a shared-cache value that did not open
+    /// (tampered with, moved from another key, another secret or version): a
+    /// miss, overwritten by the next token fetched; its content is never logged.
     pub store_rejected_values: u64,
 }
 

@@ -1,6 +1,4 @@
-//! A token fetch through the shared store: read, or lock and fetch and
-//! share, or wait for the process that holds the lock, and fall back to a
-//! token request of our own whenever the store fails.
+//! A token fetch through the shared store (see the parent module's docs).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -114,8 +112,8 @@ impl Fetch<'_> {
         {
             return answer;
         }
-        // (3) Another process is fetching it: wait for its token, or for the
-        // lock to come free without one (that process failed or died).
+        // (3) Another process is fetching: wait for its token, or for the lock
+        // to come free without one (that process failed or died).
         Counters::bump(&self.counters.store_lock_waits);
         let deadline = Instant::now() + self.level.peer_wait;
         loop {
@@ -143,8 +141,7 @@ impl Fetch<'_> {
         self.fall_back(source, params).await
     }
 
-    /// Takes the lock and fetches when it is free; `None` when another
-    /// process holds it. A store that fails means fetching our own.
+    /// Takes the lock and fetches if it is free; `None` if another process holds it.
     async fn fetch_if_free(
         &self,
         source: &dyn TokenSource,
@@ -153,7 +150,11 @@ impl Fetch<'_> {
         owner: &str,
         previous: Option<&str>,
     ) -> Option<Result<AccessToken, TokenError>> {
-        match self.try_lock(names, owner).await {
+        let lock = self
+            .level
+            .store
+            .try_lock(&names.lock, owner, self.level.lease);
+        match self.round_trip("lock", lock).await {
             Ok(true) => Some(
                 self.fetch_locked(source, params, names, owner, previous)
                     .await,
@@ -163,9 +164,8 @@ impl Fetch<'_> {
         }
     }
 
-    /// With the lock held: reads once more (the holder before us may have
-    /// stored a token between our read and our lock), else fetches, stores
-    /// and unlocks.
+    /// With the lock held: reads once more (the previous holder may have just
+    /// stored a token), else fetches and stores; then unlocks.
     async fn fetch_locked(
         &self,
         source: &dyn TokenSource,
@@ -192,9 +192,9 @@ impl Fetch<'_> {
         result
     }
 
-    /// The entry's token if it is a hit: another token than `previous`, not
-    /// past its writer's refresh point, and usable for a while yet. A value
-    /// that does not open is counted and logged on the first look only.
+    /// The entry's token if it is a hit: not `previous`, not past its writer's
+    /// refresh point, usable a while yet. A value that does not open is
+    /// counted and logged on the first look only.
     async fn look(
         &self,
         names: &EntryNames,
@@ -257,16 +257,6 @@ impl Fetch<'_> {
         source.fetch_token(params).await
     }
 
-    async fn try_lock(&self, names: &EntryNames, owner: &str) -> Result<bool, StoreFailed> {
-        self.round_trip(
-            "lock",
-            self.level
-                .store
-                .try_lock(&names.lock, owner, self.level.lease),
-        )
-        .await
-    }
-
     /// Best effort: a lock left behind expires with its lease.
     async fn unlock(&self, names: &EntryNames, owner: &str) {
         let _ = self
@@ -274,8 +264,7 @@ impl Fetch<'_> {
             .await;
     }
 
-    /// Stores a fresh token for the fleet, to live as long as it is usable;
-    /// best effort.
+    /// Stores a fresh token for as long as it is usable; best effort.
     async fn put(&self, names: &EntryNames, token: &AccessToken) {
         let margin = self.margin(token.lifetime());
         let ttl = token.expires_in().saturating_sub(margin);
@@ -288,26 +277,21 @@ impl Fetch<'_> {
             lifetime: token.lifetime(),
             refresh_at: SystemTime::now() + ttl.mul_f64(self.level.refresh_at),
         };
-        let value = match self.level.keys.seal(&names.token, &entry) {
-            Ok(value) => value,
-            Err(_) => {
-                tracing::warn!("could not seal a token for the shared cache (no randomness?)");
-                return;
-            }
+        let Ok(value) = self.level.keys.seal(&names.token, &entry) else {
+            tracing::warn!("could not seal a token for the shared cache (no randomness?)");
+            return;
         };
         let _ = self
             .round_trip("put", self.level.store.put(&names.token, value, ttl))
             .await;
     }
 
-    /// The safety margin of a token of `lifetime`, as the in-process cache
-    /// computes it.
+    /// A token's safety margin, as the in-process cache computes it.
     fn margin(&self, lifetime: Duration) -> Duration {
         self.level.safety_margin.min(lifetime / 4)
     }
 
-    /// One round trip to the store, bounded, in its own span; failures are
-    /// logged here (without any key's value).
+    /// One bounded round trip in its own span; failures logged (never a value).
     async fn round_trip<T>(
         &self,
         op: &'static str,
@@ -340,8 +324,7 @@ impl Fetch<'_> {
     }
 }
 
-/// A random lock value, so that only its holder unlocks; `None` without
-/// randomness.
+/// A random lock value, so that only its holder unlocks; `None` without randomness.
 fn lock_owner() -> Option<String> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).ok()?;

@@ -2,10 +2,10 @@
 //! fleet share, in Redis or Valkey (feature `redis`) or any store behind
 //! [`SharedStore`] (feature `shared-cache`).
 //!
-//! Each process makes one token request per parameter set per token lifetime;
-//! a fleet of N processes makes N times that, and token endpoints are
-//! commonly rate limited or billed per token. With a [`SharedCache`], one
-//! process fetches each token and the others read it from the store:
+//! Without it, each of N processes makes its own token request per parameter
+//! set per token lifetime, and token endpoints are commonly rate limited or
+//! billed per token. With a [`SharedCache`], one process fetches each token and
+//! the others read it from the store:
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -25,61 +25,48 @@
 //!
 //! # How it works
 //!
-//! - **Second level only.** The in-process cache stays the hot path: a request
-//!   with a valid cached token never touches the store. The store is asked
-//!   only where the in-process cache would fetch (its first token, a refresh
-//!   ahead, a stale token, a token a 401 rejected), inside that cache's one
-//!   fetch task, under its fetch timeout.
+//! - **Second level only.** A request with a valid token in the in-process
+//!   cache never touches the store: it is asked only where that cache would
+//!   fetch (its first token, a refresh ahead, a stale token, a token a 401
+//!   rejected), in its one fetch task, under its fetch timeout.
 //! - **A fetch through the store.** (1) Read the entry: a token other than the
 //!   one being replaced, not yet at its writer's refresh point, is a hit.
-//!   (2) Otherwise take the entry's lock (`SET NX PX` with a random value and
-//!   a lease of the fetch timeout): the process that gets it reads once more,
-//!   then asks the Token API, stores the sealed token with a time to live of
-//!   its remaining life less the safety margin, and unlocks (a compare and
-//!   delete, so it never removes another's lock; a lock whose holder died
-//!   expires by itself). (3) A process that finds the lock held polls for
-//!   the holder's token, every [`poll_interval`](SharedCacheSettings::poll_interval)
-//!   for at most [`peer_wait`](SharedCacheSettings::peer_wait), taking the
-//!   lock itself if it comes free without a token; then it falls back to a
-//!   token request of its own.
-//! - **Rotation.** "Not the token being replaced" is what makes refresh ahead,
-//!   staleness and 401s work across the fleet: the first process whose
-//!   refresh comes due finds its own token in the store, fetches the next
-//!   one and stores it; the others, when theirs comes due, find that one. The
-//!   fleet rotates to one new token per parameter set, not N. A 401 works the
-//!   same way.
-//! - **Never a dependency.** Every round trip to the store is bounded by
-//!   [`store_timeout`](SharedCacheSettings::store_timeout) (default 100 ms). A
-//!   store that fails, times out or answers garbage makes the fetch fall back
-//!   at once to a token request of its own, as without a store; no request
-//!   fails because of the store, and the Token API's own errors surface as
-//!   they do without one. [`Stats`](crate::Stats) counts hits, misses, lock
-//!   waits, fallbacks and rejected values, and each round trip has a
-//!   `tracing` span, `propel.shared_cache`.
+//!   (2) Otherwise take the entry's lock (`SET NX PX`, a random value, a lease
+//!   of the fetch timeout): the holder reads once more, asks the Token API,
+//!   stores the sealed token to live its remaining life less the safety
+//!   margin, and unlocks by compare and delete (a dead holder's lock expires).
+//!   (3) A process that finds the lock held polls for the holder's token every
+//!   [`poll_interval`](SharedCacheSettings::poll_interval) for at most
+//!   [`peer_wait`](SharedCacheSettings::peer_wait), taking the lock if it comes
+//!   free without a token; then it makes a token request of its own.
+//! - **Rotation.** As the token being replaced is no hit, the first process
+//!   whose refresh (or 401) comes due stores the next token and the others
+//!   find it: the fleet rotates to one new token per parameter set, not N.
+//! - **Never a dependency.** Each round trip is bounded by
+//!   [`store_timeout`](SharedCacheSettings::store_timeout) (default 100 ms); a
+//!   store that fails, times out or answers garbage only makes the fetch fall
+//!   back at once to a token request of its own. [`Stats`](crate::Stats) counts
+//!   what the store did; each round trip has a `tracing` span, `propel.shared_cache`.
 //!
 //! # What the store sees
 //!
-//! Keys are `propel:{APPLICATION_ID:HASH}:token` and `…:lock`: the hash tag
-//! keeps both keys of an entry in one Redis Cluster slot. `HASH` is an HMAC
-//! of the token parameters and the token URL under a key derived from the
-//! Application secret: never the secret, the scopes or a policy value, and a
-//! guess at a tenant ID cannot be checked against it.
+//! Keys are `propel:{APPLICATION_ID:HASH}:token` and `…:lock`, the hash tag
+//! keeping an entry in one Redis Cluster slot. `HASH` is an HMAC of the token
+//! parameters and URL under a key derived from the secret: it shows no secret,
+//! scope or policy value, and a guessed tenant ID cannot be checked against it.
 //!
 //! Values are sealed with XChaCha20-Poly1305 under another key derived
-//! (HKDF-SHA256) from the Application secret, with the Application ID and a
-//! version as context, a random nonce per value, and the key name as
-//! associated data: a reader of the store who lacks the secret learns nothing
-//! usable, and a value copied to another key, or altered, does not open. Such
-//! a value counts as a miss and in [`Stats::store_rejected_values`](crate::Stats::store_rejected_values),
-//! and is logged without its content. Processes that share an entry must
-//! therefore share the Application ID and secret, which is also what makes
-//! their tokens interchangeable.
+//! (HKDF-SHA256) from the secret, with the Application ID and a version as
+//! context, a random nonce, and the key name as associated data: a reader
+//! without the secret learns nothing usable, and a value altered or copied to
+//! another key does not open (a miss, counted in
+//! [`Stats::store_rejected_values`](crate::Stats::store_rejected_values) and
+//! logged without its content). Processes sharing an entry must share the
+//! Application ID and secret, which also makes their tokens interchangeable.
 //!
-//! Polling rather than pub/sub: a waiter's extra latency is at most one poll
-//! interval (BENCHMARKS.md), it needs no dedicated connection (pub/sub would
-//! take one per process outside a cluster-aware multiplexer), it works with
-//! any [`SharedStore`], and a lock whose holder died is taken over the moment
-//! it expires.
+//! Polling rather than pub/sub: a waiter loses at most one poll interval, needs
+//! no dedicated connection, works with any [`SharedStore`], and takes over a
+//! dead holder's lock the moment it expires.
 
 use std::fmt;
 use std::sync::Arc;

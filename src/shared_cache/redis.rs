@@ -12,15 +12,13 @@ use super::SharedStore;
 /// Deletes the lock only if it still holds our value.
 const UNLOCK: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) else return 0 end"#;
 
-/// A [`SharedStore`] in Redis or Valkey, over a connection the service
-/// already has (feature `redis`): `GET`, `SET … PX` for tokens, `SET … NX PX`
-/// for locks and a compare-and-delete script to unlock. Both keys of an
-/// entry carry one hash tag, so a cluster connection works as well.
+/// A [`SharedStore`] in Redis or Valkey (feature `redis`) over the service's
+/// own connection (where TLS, ACLs, Sentinel and Cluster are configured):
+/// `GET` and `SET … PX` for tokens, `SET … NX PX` for locks, a compare-and-delete to unlock.
 ///
-/// Give it a `redis::aio::ConnectionManager`, which reconnects by itself
-/// after Redis restarts; a plain `MultiplexedConnection` stays broken after
-/// that (every fetch then falls back to its own token request). TLS, ACLs,
-/// Sentinel and Cluster are configured on the connection.
+/// Give it a `redis::aio::ConnectionManager`, which reconnects after Redis
+/// restarts; a plain `MultiplexedConnection` stays broken (every fetch then
+/// falls back to its own token request).
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -59,11 +57,10 @@ where
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, BoxError>> {
         let mut connection = self.connection.clone();
         Box::pin(async move {
-            let value: Option<Vec<u8>> = redis::cmd("GET")
+            Ok(redis::cmd("GET")
                 .arg(key)
                 .query_async(&mut connection)
-                .await?;
-            Ok(value)
+                .await?)
         })
     }
 
@@ -75,14 +72,13 @@ where
     ) -> BoxFuture<'a, Result<(), BoxError>> {
         let mut connection = self.connection.clone();
         Box::pin(async move {
-            let () = redis::cmd("SET")
+            Ok(redis::cmd("SET")
                 .arg(key)
                 .arg(value)
                 .arg("PX")
                 .arg(millis(ttl))
                 .query_async(&mut connection)
-                .await?;
-            Ok(())
+                .await?)
         })
     }
 

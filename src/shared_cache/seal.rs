@@ -1,20 +1,15 @@
-//! Sealing of stored tokens and naming of their keys, both under keys
-//! derived from the Application secret.
+//! Sealing of stored tokens and naming of their keys, under two keys from
+//! HKDF-SHA256 over the Application secret (`info`: a label with the format
+//! version, and the Application ID).
 //!
-//! - Two keys come from HKDF-SHA256 over the secret, with the Application ID
-//!   and a label with the format version as `info`: one for the AEAD, one
-//!   for naming.
-//! - A key name is the Application ID and an HMAC-SHA256 (under the naming
-//!   key) of the canonical token parameters and the token URL, cut to 128
-//!   bits: someone who reads the store and guesses a tenant ID cannot check
-//!   the guess, as they could against a plain hash of `{"tenant_id":"123"}`.
+//! - A key name is the Application ID and an HMAC-SHA256 of the canonical
+//!   token parameters and token URL, cut to 128 bits: unlike a plain hash of
+//!   `{"tenant_id":"123"}`, a guessed tenant ID cannot be checked against it.
 //! - A value is `version || nonce || XChaCha20-Poly1305(entry)`, with
-//!   `version || key name` as associated data: a value moved to another key,
-//!   or changed at all, does not open. The nonce is random (192 bits, so
-//!   random nonces are safe for any number of values); no process needs to
-//!   count.
-//! - The entry is the token, its expiry, its lifetime and its writer's
-//!   refresh point, all but the token as milliseconds since the Unix epoch.
+//!   `version || key name` as associated data, so a value moved or changed
+//!   does not open. The 192-bit nonce is random: no process needs to count.
+//! - The entry is expiry, lifetime and writer's refresh point as big-endian
+//!   milliseconds (times since the Unix epoch), then the token.
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -83,10 +78,7 @@ impl Keys {
         let mut mac = self.names.clone();
         mac.update(canonical.as_bytes());
         let digest = mac.finalize().into_bytes();
-        let mut tag = String::with_capacity(32);
-        for byte in &digest[..16] {
-            tag.push_str(&format!("{byte:02x}"));
-        }
+        let tag: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
         let base = format!("{PREFIX}{{{}:{tag}}}", self.application_id);
         EntryNames {
             token: format!("{base}:token"),
@@ -114,26 +106,20 @@ impl Keys {
         );
         plain.fill(0);
         let sealed = sealed.map_err(|_| SealError)?;
-        let mut value = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
-        value.push(VERSION);
-        value.extend_from_slice(&nonce);
-        value.extend_from_slice(&sealed);
-        Ok(value)
+        Ok([&[VERSION][..], &nonce, &sealed].concat())
     }
 
-    /// Opens a value read from the key `name`; fails for anything this
-    /// Application's keys did not seal for exactly that key.
+    /// Opens a value read from the key `name`; fails unless these keys sealed it for `name`.
     pub(crate) fn open(&self, name: &str, value: &[u8]) -> Result<Entry, SealError> {
         if value.len() < 1 + NONCE_LEN + TAG_LEN + HEADER_LEN || value[0] != VERSION {
             return Err(SealError);
         }
-        let (nonce, sealed) = value[1..].split_at(NONCE_LEN);
-        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| SealError)?;
+        let (nonce, sealed) = value[1..].split_first_chunk().ok_or(SealError)?;
         let aad = associated_data(name);
         let mut plain = self
             .cipher
             .decrypt(
-                &XNonce::from(nonce),
+                &XNonce::from(*nonce),
                 Payload {
                     msg: sealed,
                     aad: &aad,
@@ -170,8 +156,7 @@ pub(crate) struct Entry {
     pub(crate) token: SecretString,
     pub(crate) expires_at: SystemTime,
     pub(crate) lifetime: Duration,
-    /// The writer's refresh point: past it, the token is no hit, and the
-    /// first process to look fetches the next one.
+    /// The writer's refresh point: past it, no hit; the first to look fetches the next.
     pub(crate) refresh_at: SystemTime,
 }
 
@@ -202,8 +187,7 @@ impl fmt::Debug for Entry {
     }
 }
 
-/// A value that did not open, or could not be sealed. Says nothing more, on
-/// purpose.
+/// A value that did not open, or could not be sealed; says nothing more, on purpose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SealError;
 

@@ -8,16 +8,14 @@ use super::jwt;
 use crate::error::{TokenError, TokenErrorKind};
 use crate::Credentials;
 
-/// The shortest lifetime a token is given, whatever the Token API said: a
-/// server answering `expires_in: 0` must not cause a refresh storm.
+/// The shortest lifetime a token gets, so that `expires_in: 0` cannot cause a refresh storm.
 pub(crate) const MIN_LIFETIME: Duration = Duration::from_secs(1);
 /// The longest lifetime believed; absurd values are clamped to it.
 pub(crate) const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// The lifetime assumed when neither `expires_in` nor a JWT `exp` says.
 pub(crate) const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
 
-/// An access token and the pre-built `Authorization: Bearer …` header that
-/// carries it.
+/// An access token and its pre-built `Authorization: Bearer …` header.
 ///
 /// The token is kept in a [`SecretString`] and never shown by `Debug`; the
 /// header is marked sensitive.
@@ -36,35 +34,29 @@ pub(crate) const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
 pub struct AccessToken {
     token: SecretString,
     header: HeaderValue,
-    /// Wall-clock time, like the server's `exp`: it keeps counting while the
-    /// host is suspended.
+    /// Wall-clock, like the server's `exp`: it counts while the host is suspended.
     expires_at: SystemTime,
     lifetime: Duration,
 }
 
 impl AccessToken {
     /// A token that expires `expires_in` from now (clamped to at most 24 h).
-    ///
     /// Fails when the token is empty or holds characters a header cannot carry.
     pub fn new(token: impl Into<String>, expires_in: Duration) -> Result<Self, TokenError> {
         Self::build(token.into(), expires_in.min(MAX_LIFETIME))
     }
 
     /// A JWT whose expiry is read from its `exp` claim (without verifying it).
-    ///
     /// Fails when the token has no `exp`, or is already expired.
     pub fn from_jwt(token: impl Into<String>) -> Result<Self, TokenError> {
         let token = token.into();
-        let remaining = match jwt::expiry_unix_secs(&token) {
-            None => return Err(TokenError::invalid_response(
+        let Some(exp) = jwt::expiry_unix_secs(&token) else {
+            return Err(TokenError::invalid_response(
                 "the token is not a JWT with an exp claim; use AccessToken::new with its lifetime",
-            )),
-            Some(exp) => secs_until(exp),
+            ));
         };
-        match remaining {
-            Some(remaining) => Self::build(token, remaining.min(MAX_LIFETIME)),
-            None => Err(TokenError::new(TokenErrorKind::Expired)),
-        }
+        let remaining = secs_until(exp).ok_or_else(|| TokenError::new(TokenErrorKind::Expired))?;
+        Self::build(token, remaining)
     }
 
     /// A token from a Token API answer: trusts `expires_in`, then the JWT's
@@ -73,11 +65,8 @@ impl AccessToken {
         token: String,
         expires_in: Option<f64>,
     ) -> Result<Self, TokenError> {
-        let from_expires_in = expires_in
-            .filter(|secs| secs.is_finite() && *secs > 0.0)
-            .map(|secs| Duration::from_secs_f64(secs.min(MAX_LIFETIME.as_secs_f64())));
-        let lifetime = match from_expires_in {
-            Some(lifetime) => lifetime,
+        let lifetime = match expires_in.filter(|secs| secs.is_finite() && *secs > 0.0) {
+            Some(secs) => Duration::from_secs_f64(secs.min(MAX_LIFETIME.as_secs_f64())),
             None => match jwt::expiry_unix_secs(&token) {
                 Some(exp) => secs_until(exp).ok_or_else(|| {
                     TokenError::invalid_response(
@@ -90,8 +79,7 @@ impl AccessToken {
         Self::build(token, lifetime.clamp(MIN_LIFETIME, MAX_LIFETIME))
     }
 
-    /// A token read back from a shared store: its real expiry and the
-    /// lifetime it was issued with, as its writer knew them.
+    /// A token read back from a shared store, with its writer's expiry and lifetime.
     #[cfg(feature = "shared-cache")]
     pub(crate) fn restored(
         token: String,
@@ -103,10 +91,8 @@ impl AccessToken {
         Ok(restored)
     }
 
-    /// The Application's Basic credentials in the shape of a token, for the
-    /// one entry of a Basic layer's cache: the header `Basic …`, and as its
-    /// secret what the header carries, to remove by value from what servers
-    /// say. It never expires; a Basic cache never hands it out as a token.
+    /// A Basic layer's one cache entry: the header `Basic …`, with what it
+    /// carries as the secret to redact by value; never expires or goes out as a token.
     pub(crate) fn application(credentials: &Credentials) -> Self {
         let header = credentials.basic_header();
         let carried = header.as_bytes()["Basic ".len()..].to_vec();

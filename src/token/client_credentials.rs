@@ -13,7 +13,6 @@ use tracing::Instrument as _;
 
 use super::http_client::TokenHttpResponse;
 use super::{AccessToken, TokenHttpClient, TokenParams, TokenSource};
-use crate::credentials::basic_header;
 use crate::error::{ConfigError, TokenError, TokenErrorDetails, TokenErrorKind};
 use crate::error_body::{excerpt, parse_error_body};
 use crate::origin::Origin;
@@ -35,11 +34,9 @@ pub enum ClientAuth {
     BasicHeader,
 }
 
-/// The client-credentials flow a
-/// [`TokenLayerBuilder`](crate::TokenLayerBuilder) from
+/// The client-credentials flow
 /// [`PropelAuthLayer::client_credentials`](crate::PropelAuthLayer::client_credentials)
-/// configures: the Application's credentials, the Token API's URL, how to
-/// authenticate to it and the HTTP client to reach it.
+/// configures: credentials, token URL, client authentication and HTTP client.
 #[derive(Clone)]
 pub struct ClientCredentials {
     pub(crate) credentials: Credentials,
@@ -133,12 +130,11 @@ impl TokenSource for Exchange {
 
 impl Exchange {
     fn request(&self, params: &TokenParams) -> http::Request<Bytes> {
-        let secret = self.credentials.secret().expose_secret();
         let scope = Scope::join(params.scopes());
         let mut form: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
         if self.client_auth == ClientAuth::FormBody {
             form.push(("client_id", self.credentials.application_id()));
-            form.push(("client_secret", secret));
+            form.push(("client_secret", self.credentials.secret().expose_secret()));
         }
         if !scope.is_empty() {
             form.push(("scope", &scope));
@@ -157,10 +153,7 @@ impl Exchange {
         );
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
         if self.client_auth == ClientAuth::BasicHeader {
-            headers.insert(
-                AUTHORIZATION,
-                basic_header(self.credentials.application_id(), secret),
-            );
+            headers.insert(AUTHORIZATION, self.credentials.basic_header());
         }
         request
     }
@@ -183,8 +176,8 @@ struct TokenBody {
     expires_in: Option<serde_json::Value>,
 }
 
-/// Turns a Token API answer into a token or a typed error.
-/// `known` secrets are removed from any text of the answer an error keeps.
+/// Turns a Token API answer into a token or a typed error, with the `known`
+/// secrets removed from any text an error keeps.
 pub(crate) fn token_from_response(
     response: TokenHttpResponse,
     known: &[&str],

@@ -1,14 +1,8 @@
-//! The wall clock that token deadlines are checked against.
-//!
-//! Deadlines are wall-clock times, because the server's `exp` is one and
-//! because a monotonic clock does not count a host's suspension: a token that
-//! expired while the machine slept must not go out when it wakes. Every
-//! request reads the clock, so it is the coarse one (`CLOCK_REALTIME_COARSE`,
-//! a few nanoseconds through the vDSO, a resolution of a few milliseconds),
-//! read through `rustix`; elsewhere `SystemTime`.
-//!
-//! Tests inject a [`TestClock`] instead, as the AWS SDK's identity cache
-//! takes a `TimeSource`.
+//! The wall clock token deadlines are checked against: like the server's `exp`,
+//! and unlike a monotonic clock it counts a host's suspension, so a token that
+//! expired while the machine slept does not go out when it wakes. Every request
+//! reads it: on Linux, Android and FreeBSD the coarse `CLOCK_REALTIME_COARSE`
+//! (via `rustix`, a few milliseconds' resolution), elsewhere `SystemTime`.
 
 use std::ops::Add;
 use std::time::Duration;
@@ -70,10 +64,7 @@ fn wall_now() -> Time {
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
-#[inline]
-fn wall_now() -> Time {
-    precise_now()
-}
+use self::precise_now as wall_now;
 
 /// The precise wall clock.
 #[cfg_attr(
@@ -87,9 +78,8 @@ fn precise_now() -> Time {
     Time(since_epoch.as_millis() as u64)
 }
 
-/// A clock for tests: it starts at the real time, follows tokio's clock
-/// (so paused-time sleeps move it) and moves on by hand with
-/// [`advance`](TestClock::advance), without any task running.
+/// A clock for tests: it starts at the real time, follows tokio's (paused-time
+/// sleeps move it), and moves by hand with [`advance`](TestClock::advance).
 #[cfg(test)]
 #[derive(Debug)]
 pub(crate) struct TestClock {

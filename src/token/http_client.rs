@@ -1,5 +1,4 @@
-//! The HTTP client token requests go through: any tower HTTP service the user
-//! picks (hyper-util's client, a tower-http stack), or `reqwest::Client`.
+//! [`TokenHttpClient`]: the HTTP client token requests go through.
 
 use std::fmt;
 
@@ -21,14 +20,11 @@ pub(crate) struct TokenHttpResponse {
     pub(crate) body: Capped,
 }
 
-/// The HTTP client token requests go through, for
-/// [`TokenLayerBuilder::http_client`](crate::TokenLayerBuilder::http_client):
+/// The HTTP client for token requests
+/// ([`TokenLayerBuilder::http_client`](crate::TokenLayerBuilder::http_client)):
 /// any tower service over `http::Request<Full<Bytes>>` (hyper-util's legacy
-/// client, a tower-http stack) or, with feature `reqwest`, a
-/// `reqwest::Client`.
-///
-/// A token request carries the Application secret: configure the client not
-/// to follow redirects.
+/// client, a tower-http stack) or (feature `reqwest`) a `reqwest::Client`.
+/// Token requests carry the secret: configure the client not to follow redirects.
 ///
 /// ```
 /// use bytes::Bytes;
@@ -81,8 +77,7 @@ impl TokenHttpClient {
         }
     }
 
-    /// A `reqwest::Client` that never follows redirects: a token request
-    /// carries the secret and must not be re-sent elsewhere.
+    /// A `reqwest::Client` that never follows redirects, which would carry the secret.
     #[cfg(feature = "reqwest")]
     pub(crate) fn default_reqwest() -> Result<Self, crate::error::ConfigError> {
         let client = reqwest::Client::builder()
@@ -131,8 +126,7 @@ impl From<reqwest::Client> for TokenHttpClient {
                         Box::new(err)
                     }
                 })?;
-                let response = http::Response::<reqwest::Body>::from(response);
-                let (parts, body) = response.into_parts();
+                let (parts, body) = http::Response::<reqwest::Body>::from(response).into_parts();
                 Ok::<_, BoxError>(TokenHttpResponse {
                     status: parts.status,
                     headers: parts.headers,
@@ -146,24 +140,15 @@ impl From<reqwest::Client> for TokenHttpClient {
     }
 }
 
-/// Whether reqwest refused an https URL because it was built without a TLS
-/// backend. It then hands the URL to hyper-util's plain `HttpConnector`, which
-/// fails before connecting with this message; hyper-util does not export the
-/// error's type, so its text is the only sign (tests/tls.rs pins it).
+/// Whether reqwest, built without a TLS backend, refused an https URL: its plain
+/// `HttpConnector` fails with this message before connecting, and as hyper-util
+/// does not export the error's type, the text is the only sign (tests/tls.rs).
 #[cfg(feature = "reqwest")]
 fn lacks_tls(err: &reqwest::Error) -> bool {
-    const NOT_HTTP: &str = "invalid URL, scheme is not http";
-    if !err.is_connect() {
-        return false;
-    }
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(current) = cause {
-        if current.to_string() == NOT_HTTP {
-            return true;
-        }
-        cause = current.source();
-    }
-    false
+    let first: &(dyn std::error::Error + 'static) = err;
+    err.is_connect()
+        && std::iter::successors(Some(first), |cause| cause.source())
+            .any(|cause| cause.to_string() == "invalid URL, scheme is not http")
 }
 
 impl fmt::Debug for TokenHttpClient {

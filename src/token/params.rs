@@ -9,14 +9,10 @@ use crate::Scope;
 /// What a token is minted for: the scopes to narrow it to and the policy
 /// values that fill the `${{ … }}` placeholders of Data Pool Access Policies.
 ///
-/// The layer's defaults come from its builder. A tenant view of a layer
+/// The layer's defaults come from its builder; a tenant view
 /// ([`PropelAuthLayer::with_params`](crate::PropelAuthLayer::with_params))
-/// gives its requests other parameters, from any client; an `http::Request`
-/// can also carry its own in its extensions. Each distinct set gets a token
-/// cached for exactly that set.
-///
-/// Cheap to clone (one reference count), and hashed once, when it is built:
-/// finding a set's cache hashes one number, not the text.
+/// or an `http::Request`'s extensions can give others. Each distinct set gets
+/// a token cached for exactly that set. Cheap to clone, and hashed once.
 ///
 /// ```
 /// use tower_propel_auth::{Scope, TokenParams};
@@ -68,8 +64,7 @@ impl TokenParams {
 
     /// Sets the policy values, a JSON object.
     pub fn with_policy_values(self, values: serde_json::Map<String, serde_json::Value>) -> Self {
-        // Keys sorted here, whatever order the map keeps (serde_json's
-        // `preserve_order` feature), so that equal values make equal keys.
+        // Sorted whatever order the map keeps (`preserve_order`): equal values, equal keys.
         let sorted: BTreeMap<String, serde_json::Value> = values.into_iter().collect();
         let json = serde_json::to_string(&sorted).expect("JSON values serialize");
         self.edit(|content| content.policy_values = Some(json))
@@ -121,9 +116,8 @@ impl Default for TokenParams {
     }
 }
 
-/// Inlined, as is `hash`: a tenant's request compares parameters twice
-/// (with the layer's defaults, and with the key in the map of sets), and
-/// callgrind counts the calls (BENCHMARKS.md).
+/// Inlined, as is `hash`: a tenant's request compares parameters twice (with
+/// the layer's defaults and with the key in the map of sets).
 impl PartialEq for TokenParams {
     #[inline]
     fn eq(&self, other: &Self) -> bool {
@@ -133,8 +127,7 @@ impl PartialEq for TokenParams {
 
 impl Eq for TokenParams {}
 
-/// Writes the fingerprint only; the map that holds token sets hashes it
-/// again with its own random keys.
+/// Writes the fingerprint only; the map of token sets hashes it with its own keys.
 impl Hash for TokenParams {
     #[inline]
     fn hash<H: Hasher>(&self, state: &mut H) {

@@ -7,10 +7,8 @@ use crate::error::ConfigError;
 /// When tokens are refreshed, how failures are paced, and how many parameter
 /// sets (tenants) get a token cache of their own.
 ///
-/// The defaults suit Propel's hour-long tokens; change a field and hand the
-/// settings to
-/// [`TokenLayerBuilder::settings`](crate::TokenLayerBuilder::settings), which
-/// checks them when it builds.
+/// The defaults suit Propel's hour-long tokens. Change a field and hand them to
+/// [`TokenLayerBuilder::settings`](crate::TokenLayerBuilder::settings), which checks them.
 ///
 /// ```
 /// use std::time::Duration;
@@ -29,34 +27,29 @@ use crate::error::ConfigError;
 #[non_exhaustive]
 pub struct Settings {
     /// Refresh in the background once this fraction of a token's usable
-    /// lifetime (its lifetime less the safety margin) has passed. Default 0.8;
-    /// in (0, 1].
+    /// lifetime (less the safety margin) has passed. In (0, 1]; default 0.8.
     pub refresh_at: f64,
     /// Refresh up to this fraction of the usable lifetime earlier, at random,
-    /// so that a fleet does not refresh in step. Default 0.1; in
-    /// [0, `refresh_at`].
+    /// so that a fleet does not refresh in step. In [0, `refresh_at`]; default 0.1.
     pub refresh_jitter: f64,
-    /// A token counts as expired this long before it really expires, for
-    /// clock skew and request latency; at most a quarter of its lifetime.
-    /// Default 30 s.
+    /// A token counts as expired this long before it does (clock skew, latency);
+    /// at most a quarter of its lifetime. Default 30 s.
     pub safety_margin: Duration,
     /// The longest one token request may take. Default 10 s.
     pub fetch_timeout: Duration,
-    /// After a failed token request with no usable token cached, requests
-    /// fail at once with its error for this long instead of asking again
-    /// (stretched by a `Retry-After`, up to a minute). Also the least time
-    /// between two token drops caused by 401s. Default 1 s; zero turns both
-    /// off.
+    /// After a failed token request with no usable token cached, requests fail
+    /// at once with its error for this long (stretched by a `Retry-After`, up to
+    /// a minute); also the least time between two token drops caused by 401s.
+    /// Default 1 s; zero turns both off.
     pub cooldown: Duration,
-    /// How long a failed background refresh waits before the next try,
-    /// doubling each time up to [`backoff_max`](Self::backoff_max), with
-    /// jitter. Default 500 ms.
+    /// The wait after a failed background refresh, doubling each time up to
+    /// [`backoff_max`](Self::backoff_max), with jitter. Default 500 ms.
     pub backoff_base: Duration,
     /// The longest wait between background refresh tries. Default 30 s.
     pub backoff_max: Duration,
     /// The most parameter sets ([`TokenParams`](crate::TokenParams)) with a
-    /// token cache of their own at once; past it, one is dropped (one-off
-    /// sets before those in use: CLOCK-Pro). Default 4096.
+    /// token cache of their own; past it, one is dropped (CLOCK-Pro: one-off
+    /// sets first). Default 4096.
     pub max_token_sets: usize,
 }
 
@@ -79,29 +72,21 @@ impl Settings {
     /// Refuses settings that would spin against the Token API, hold nothing,
     /// or overflow the clock.
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |what: &str, problem: &str| Err(ConfigError::invalid(what, problem));
         if !(self.refresh_at > 0.0 && self.refresh_at <= 1.0) {
-            return Err(ConfigError::invalid(
-                "settings.refresh_at",
-                "it must be in (0, 1]",
-            ));
+            return fail("settings.refresh_at", "it must be in (0, 1]");
         }
         if !(0.0..=self.refresh_at).contains(&self.refresh_jitter) {
-            return Err(ConfigError::invalid(
-                "settings.refresh_jitter",
-                "it must be in [0, refresh_at]",
-            ));
+            return fail("settings.refresh_jitter", "it must be in [0, refresh_at]");
         }
         if self.fetch_timeout.is_zero() {
-            return Err(ConfigError::invalid(
-                "settings.fetch_timeout",
-                "it must be more than zero",
-            ));
+            return fail("settings.fetch_timeout", "it must be more than zero");
         }
         if self.backoff_base.is_zero() || self.backoff_base > self.backoff_max {
-            return Err(ConfigError::invalid(
+            return fail(
                 "settings.backoff_base",
                 "it must be more than zero and at most backoff_max",
-            ));
+            );
         }
         // As long as any token may live: longer only overflows the clock.
         const DAY: Duration = super::access_token::MAX_LIFETIME;
@@ -112,16 +97,10 @@ impl Settings {
             self.backoff_max,
         ];
         if durations.iter().any(|d| *d > DAY) {
-            return Err(ConfigError::invalid(
-                "settings",
-                "no duration may exceed a day",
-            ));
+            return fail("settings", "no duration may exceed a day");
         }
         if self.max_token_sets == 0 {
-            return Err(ConfigError::invalid(
-                "settings.max_token_sets",
-                "it must be at least 1",
-            ));
+            return fail("settings.max_token_sets", "it must be at least 1");
         }
         Ok(())
     }
