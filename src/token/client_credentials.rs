@@ -1,6 +1,5 @@
 //! The OAuth2 client-credentials exchange with Propel's Token API.
 
-use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -37,7 +36,7 @@ pub enum ClientAuth {
 /// The client-credentials flow
 /// [`PropelAuthLayer::client_credentials`](crate::PropelAuthLayer::client_credentials)
 /// configures: credentials, token URL, client authentication and HTTP client.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct ClientCredentials {
     pub(crate) credentials: Credentials,
     pub(crate) token_url: String,
@@ -82,20 +81,8 @@ impl ClientCredentials {
     }
 }
 
-impl fmt::Debug for ClientCredentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut debug = f.debug_struct("ClientCredentials");
-        debug
-            .field("credentials", &self.credentials)
-            .field("token_url", &self.token_url)
-            .field("client_auth", &self.client_auth);
-        #[cfg(feature = "shared-cache")]
-        debug.field("shared_cache", &self.shared_cache);
-        debug.finish_non_exhaustive()
-    }
-}
-
 /// Mints tokens with the client-credentials grant.
+#[derive(Debug)]
 pub(crate) struct Exchange {
     credentials: Credentials,
     token_url: Uri,
@@ -156,16 +143,6 @@ impl Exchange {
             headers.insert(AUTHORIZATION, self.credentials.basic_header());
         }
         request
-    }
-}
-
-impl fmt::Debug for Exchange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Exchange")
-            .field("credentials", &self.credentials)
-            .field("token_url", &self.token_url)
-            .field("client_auth", &self.client_auth)
-            .finish_non_exhaustive()
     }
 }
 
