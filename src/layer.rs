@@ -172,11 +172,13 @@ impl PropelAuthLayer {
         }
     }
 
+    #[cfg(any(test, feature = "reqwest-middleware"))]
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
 
     /// A tenant view's parameters.
+    #[cfg(feature = "reqwest-middleware")]
     pub(crate) fn params(&self) -> Option<&TokenParams> {
         self.params.as_ref()
     }
