@@ -48,6 +48,10 @@
 //! | a front end handed a token by its back end | [`PropelAuthLayer::bearer`] |
 //! | getting tokens some other way | [`PropelAuthLayer::token_source`] |
 //!
+//! A token per tenant: a tenant view, [`PropelAuthLayer::with_params`], for
+//! any client (`reqwest::Client` included); `http::Request`s may also carry
+//! [`TokenParams`] in their extensions.
+//!
 //! # Errors
 //!
 //! | Propel answers | you get |
@@ -65,6 +69,8 @@
 //! - `test-util`: [`FakePropel`], a Propel-compatible server on loopback.
 //! - `redis`: one token per parameter set for a fleet, in Redis or Valkey (`shared_cache`).
 //! - `shared-cache`: the same over any store behind `shared_cache::SharedStore`.
+//! - `reqwest-middleware`: the same credentials for reqwest-middleware's
+//!   `ClientWithMiddleware` (`PropelAuthLayer::middleware`).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
