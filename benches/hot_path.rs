@@ -603,14 +603,21 @@ fn print_interleaved_hot_path(rt: &Runtime, rounds: usize) {
         .map(|(name, _)| name.as_str())
         .collect();
     let find = |id: &str| results[names.iter().position(|n| *n == id).expect("a variant")];
-    let (bare, equal, floor) = (find("bare").0, find("equal_work").0, find("add_authorization").0);
+    let (bare, equal, floor) = (
+        find("bare").0,
+        find("equal_work").0,
+        find("add_authorization").0,
+    );
     println!("hot_path, interleaved ({rounds} rounds of {INTERLEAVED_REQUESTS} requests per variant; per request; medians, and the minimum beside):\n");
     println!("| variant | median | min | overhead | × equal_work's | × AddAuthorization's |");
     println!("|---|---:|---:|---:|---:|---:|");
     for (name, (median, min)) in names.iter().zip(&results) {
         // The keyed variant is measured over the same request, tagged.
         let (label, base) = match *name {
-            "propel_keyed" => ("propel_keyed (over tenant_tag_only)", find("tenant_tag_only").0),
+            "propel_keyed" => (
+                "propel_keyed (over tenant_tag_only)",
+                find("tenant_tag_only").0,
+            ),
             other => (other, bare),
         };
         let cells = if matches!(*name, "bare" | "request_only") {
