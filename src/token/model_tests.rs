@@ -27,7 +27,9 @@
 //! - `Sleep` (tokio time: timers fire, in order), `Jump` (the wall clock
 //!   only, timers do not fire: a suspended host), and `To`: either way to a
 //!   deadline the model knows (a stale or refresh point, the point a flight
-//!   is lost, the end of a cool-down) or one millisecond either side.
+//!   is lost, the end of a cool-down) or one millisecond either side, and
+//!   maybe a request of its layer and set there; `Lose` jumps to where a
+//!   flight in progress is lost.
 //! - `Store` (faulty shared stores only): the next round trips to the store
 //!   fail, hang or read garbage.
 //!
@@ -236,7 +238,11 @@ enum Op {
         target: Pick,
         offset: i8,
         wall: bool,
+        /// A request of that deadline's layer and set arrives there.
+        read: bool,
     },
+    /// The wall clock jumps to where a flight in progress is lost.
+    Lose(Pick),
     #[cfg(feature = "shared-cache")]
     Store(Vec<Fault>),
 }
@@ -252,6 +258,12 @@ struct Case {
 
 fn set() -> impl Strategy<Value = usize> {
     prop_oneof![2 => Just(0), 1 => 1..SETS]
+}
+
+/// An index into `LIFETIMES_MS`, mostly lifetimes whose refresh point
+/// comes within a fetch timeout.
+fn lifetime() -> impl Strategy<Value = usize> {
+    prop_oneof![1 => Just(0), 3 => Just(1), 3 => Just(2), 2 => Just(3), 1 => Just(4), 2 => Just(5)]
 }
 
 fn failure() -> impl Strategy<Value = Failure> {
@@ -271,14 +283,15 @@ fn op(faulty_store: bool) -> BoxedStrategy<Op> {
         3 => (0..3usize, set()).prop_map(|(layer, set)| Op::SideRequest { layer, set }),
         2 => Just(Op::DropSide),
         4 => pick().prop_map(Op::Drop),
-        16 => (pick(), 0..LIFETIMES_MS.len())
+        16 => (pick(), lifetime())
             .prop_map(|(fetch, lifetime)| Op::Complete { fetch, lifetime }),
         8 => (pick(), failure()).prop_map(|(fetch, failure)| Op::Fail { fetch, failure }),
         4 => pick().prop_map(Op::Revoke),
         8 => (0..STEPS_MS.len()).prop_map(Op::Sleep),
         6 => (0..STEPS_MS.len()).prop_map(Op::Jump),
-        14 => (pick(), -1i8..=1, any::<bool>())
-            .prop_map(|(target, offset, wall)| Op::To { target, offset, wall }),
+        18 => (pick(), -1i8..=1, any::<bool>(), any::<bool>())
+            .prop_map(|(target, offset, wall, read)| Op::To { target, offset, wall, read }),
+        6 => pick().prop_map(Op::Lose),
     ];
     #[cfg(feature = "shared-cache")]
     if faulty_store {
@@ -297,7 +310,7 @@ fn case() -> impl Strategy<Value = Case> {
     let layers = Just(1usize);
     (layers, any::<bool>(), 1..=3usize).prop_flat_map(|(layers, healthy_store, max_token_sets)| {
         let faulty = layers > 1 && !healthy_store;
-        prop::collection::vec(op(faulty), 1..60).prop_map(move |ops| Case {
+        prop::collection::vec(op(faulty), 1..80).prop_map(move |ops| Case {
             layers,
             healthy_store,
             max_token_sets,
@@ -509,17 +522,29 @@ impl Registry {
     }
 
     /// Invariant 2 across a layer's caches: a tenant's cache is dropped only
-    /// when another tenant comes, so a second flight of that tenant in a new
-    /// cache needs one to have come since the first flight started.
+    /// when another tenant comes. So when a new cache of a tenant starts its
+    /// first flight while the first flight of another cache of that tenant
+    /// is in progress, another tenant must have come since that one started.
+    /// (Only first flights: they start as their cache is made, where a later
+    /// one may be started by a request holding a cache already dropped.)
     fn check_kept(&mut self, id: usize, layer: usize, set: usize, cache: usize, now: Time) {
         let timeout = self.settings.fetch_timeout;
-        let dropped = (0..self.flights.len()).find(|&i| {
-            let f = &self.flights[i];
-            set > 0
-                && (f.layer, f.set) == (layer, set)
+        let flights = &self.flights;
+        let first_of = |cache: usize, before: usize| {
+            !flights[..before]
+                .iter()
+                .any(|g| g.layer == layer && g.cache == cache)
+        };
+        if set == 0 || !first_of(cache, flights.len()) {
+            return;
+        }
+        let dropped = (0..flights.len()).find(|&i| {
+            let f = &flights[i];
+            (f.layer, f.set) == (layer, set)
                 && f.cache != cache
                 && f.end.is_none()
                 && now < f.started + timeout
+                && first_of(f.cache, i)
                 && self.tenant_log[layer][f.asked..]
                     .iter()
                     .all(|asked| *asked == set)
@@ -543,6 +568,11 @@ impl Registry {
         let Some((ended, end)) = previous.end.clone() else {
             return;
         };
+        // A flight that ended as it was lost, the instant a reader replaced
+        // it: the model sees a flight start at its first poll, after that end.
+        if now == ended && ended >= previous.started + self.settings.fetch_timeout {
+            return;
+        }
         let retry_after = match &end {
             End::Failed(retry_after) => *retry_after,
             End::TimedOut => Duration::ZERO,
@@ -1465,29 +1495,33 @@ impl Harness {
         AnswerFor::Token(AccessToken::new(name, lifetime + EXTRA_LIFE).expect("a token"))
     }
 
-    /// The deadlines the model knows of, later than now.
-    fn targets(&self) -> Vec<Time> {
+    /// The deadlines the model knows of, later than now, each with the
+    /// layer and set it is about.
+    fn targets(&self) -> Vec<(Time, usize, usize)> {
         let now = self.now();
         let registry = lock(&self.registry);
         let settings = &registry.settings;
         let mut targets = Vec::new();
         for issued in registry.tokens.values() {
-            targets.extend([issued.stale, issued.refresh]);
+            let layer = registry.fetches[issued.fetch].layer;
+            targets.push((issued.stale, layer, issued.set));
+            targets.push((issued.refresh, layer, issued.set));
         }
         for flight in &registry.flights {
+            let about = |at: Time| (at, flight.layer, flight.set);
             match &flight.end {
-                None => targets.push(flight.started + settings.fetch_timeout),
+                None => targets.push(about(flight.started + settings.fetch_timeout)),
                 Some((at, End::Failed(retry_after))) => {
-                    targets.extend([*at + settings.cooldown, *at + *retry_after])
+                    targets.extend([about(*at + settings.cooldown), about(*at + *retry_after)])
                 }
-                Some((at, End::TimedOut)) => targets.push(*at + settings.cooldown),
+                Some((at, End::TimedOut)) => targets.push(about(*at + settings.cooldown)),
                 Some(_) => {}
             }
         }
-        for at in registry.last_401.values() {
-            targets.push(*at + settings.cooldown);
+        for (&(layer, set), at) in &registry.last_401 {
+            targets.push((*at + settings.cooldown, layer, set));
         }
-        targets.retain(|target| *target > now);
+        targets.retain(|(target, ..)| *target > now);
         targets.sort();
         targets.dedup();
         targets
@@ -1542,17 +1576,36 @@ impl Harness {
                 target,
                 offset,
                 wall,
+                read,
             } => {
                 let targets = self.targets();
                 if targets.is_empty() {
                     return;
                 }
-                let target = targets[target.of(targets.len())];
+                let (target, layer, set) = targets[target.of(targets.len())];
                 let target = Time((target.0 as i64 + *offset as i64) as u64);
                 let by = target.since(self.now());
                 match wall {
                     true => self.jump(by),
                     false => self.sleep(by),
+                }
+                if *read {
+                    self.request(layer, set, Duration::ZERO, Rt::Main);
+                }
+            }
+            Op::Lose(which) => {
+                let now = self.now();
+                let registry = lock(&self.registry);
+                let timeout = registry.settings.fetch_timeout;
+                let lost_at: Vec<Time> = registry
+                    .flights
+                    .iter()
+                    .filter(|f| f.end.is_none() && f.started + timeout > now)
+                    .map(|f| f.started + timeout)
+                    .collect();
+                drop(registry);
+                if !lost_at.is_empty() {
+                    self.jump(lost_at[which.of(lost_at.len())].since(now));
                 }
             }
             #[cfg(feature = "shared-cache")]
