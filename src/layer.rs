@@ -111,7 +111,7 @@ impl PropelAuthLayer {
         TokenLayerBuilder::new(CustomSource(Arc::new(source)))
     }
 
-    fn new(store: TokenStore, origins: AllowedOrigins) -> Self {
+    pub(crate) fn new(store: TokenStore, origins: AllowedOrigins) -> Self {
         let store = Arc::new(store);
         Self {
             shared: Arc::new(Shared { store, origins }),

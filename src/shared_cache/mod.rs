@@ -85,6 +85,9 @@ mod redis;
 mod seal;
 #[cfg(test)]
 mod tests;
+// The token cache's model test keeps its store on the manual clock.
+#[cfg(test)]
+pub(crate) use seal::Keys;
 
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

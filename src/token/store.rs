@@ -72,10 +72,18 @@ impl TokenStore {
             let config = Arc::clone(self.default.config_arc());
             Ok::<_, Infallible>(TokenCache::new(params.clone(), config))
         });
-        Some(match made {
+        let cache = match made {
             Ok(cache) => cache,
             Err(never) => match never {},
-        })
+        };
+        // quick_cache admits a new set as cold and then evicts the coldest;
+        // with room for one set, that slot is hot, so the newcomer itself
+        // went and each request of it would fetch a token. Inserted outright,
+        // it replaces the set there.
+        if keyed.peek(params).is_none() {
+            keyed.insert(params.clone(), cache.clone());
+        }
+        Some(cache)
     }
 
     /// The cache for `params`, the default one when `None`.

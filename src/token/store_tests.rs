@@ -206,3 +206,20 @@ async fn a_back_end_gets_the_same_cached_token_requests_use() {
     assert!(other.secret().expose_secret().ends_with(r#""globex"}"#));
     assert_eq!(source.calls(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn with_room_for_one_set_a_new_tenant_replaces_the_old_one_and_stays() {
+    let source = ScriptedSource::tokens(Duration::ZERO, HOUR);
+    let settings = Settings {
+        max_token_sets: 1,
+        ..Settings::default()
+    };
+    let (layer, _) = layer_with(&source, settings);
+    let service = layer.layer_over(Api::default());
+    assert!(minted_for(&send_as(&service, "a").await.unwrap(), "a"));
+    for _ in 0..3 {
+        assert!(minted_for(&send_as(&service, "b").await.unwrap(), "b"));
+    }
+    assert_eq!(source.calls(), 2, "one token for a, one for b");
+    assert_eq!(layer.stats().token_sets, 1);
+}
