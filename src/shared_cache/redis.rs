@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use redis::aio::ConnectionLike;
+use redis::{Cmd, FromRedisValue};
 use tower::BoxError;
 
 use super::SharedStore;
@@ -42,6 +43,15 @@ where
     pub fn new(connection: C) -> Self {
         Self { connection }
     }
+
+    /// Sends `cmd` over a clone of the connection.
+    fn query<T: FromRedisValue + Send>(
+        &self,
+        cmd: &Cmd,
+    ) -> BoxFuture<'static, Result<T, BoxError>> {
+        let (cmd, mut connection) = (cmd.clone(), self.connection.clone());
+        Box::pin(async move { Ok(cmd.query_async(&mut connection).await?) })
+    }
 }
 
 impl<C> fmt::Debug for RedisStore<C> {
@@ -55,13 +65,7 @@ where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, BoxError>> {
-        let mut connection = self.connection.clone();
-        Box::pin(async move {
-            Ok(redis::cmd("GET")
-                .arg(key)
-                .query_async(&mut connection)
-                .await?)
-        })
+        self.query(redis::cmd("GET").arg(key))
     }
 
     fn put<'a>(
@@ -70,16 +74,7 @@ where
         value: Vec<u8>,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), BoxError>> {
-        let mut connection = self.connection.clone();
-        Box::pin(async move {
-            Ok(redis::cmd("SET")
-                .arg(key)
-                .arg(value)
-                .arg("PX")
-                .arg(millis(ttl))
-                .query_async(&mut connection)
-                .await?)
-        })
+        self.query(redis::cmd("SET").arg((key, value, "PX", millis(ttl))))
     }
 
     fn try_lock<'a>(
@@ -88,32 +83,16 @@ where
         owner: &'a str,
         lease: Duration,
     ) -> BoxFuture<'a, Result<bool, BoxError>> {
-        let mut connection = self.connection.clone();
-        Box::pin(async move {
-            let set: Option<String> = redis::cmd("SET")
-                .arg(key)
-                .arg(owner)
-                .arg("NX")
-                .arg("PX")
-                .arg(millis(lease))
-                .query_async(&mut connection)
-                .await?;
-            Ok(set.is_some())
-        })
+        let set = redis::cmd("SET")
+            .arg((key, owner, "NX", "PX", millis(lease)))
+            .to_owned();
+        let set = self.query::<Option<String>>(&set);
+        Box::pin(async move { Ok(set.await?.is_some()) })
     }
 
     fn unlock<'a>(&'a self, key: &'a str, owner: &'a str) -> BoxFuture<'a, Result<(), BoxError>> {
-        let mut connection = self.connection.clone();
-        Box::pin(async move {
-            let _deleted: i64 = redis::cmd("EVAL")
-                .arg(UNLOCK)
-                .arg(1)
-                .arg(key)
-                .arg(owner)
-                .query_async(&mut connection)
-                .await?;
-            Ok(())
-        })
+        let deleted = self.query::<i64>(redis::cmd("EVAL").arg((UNLOCK, 1, key, owner)));
+        Box::pin(async move { deleted.await.map(drop) })
     }
 }
 
