@@ -102,21 +102,23 @@ impl Fetch<'_> {
             Ok(None) => Counters::bump(&self.counters.store_misses),
             Err(StoreFailed) => return self.fall_back(source, params).await,
         }
-        // (2) Ours to fetch?
+        // (2) Ours to fetch? (3) If another process is fetching, wait for its
+        // token, or for the lock to come free without one (that process
+        // failed or died).
         let Some(owner) = lock_owner() else {
             return self.fall_back(source, params).await;
         };
-        if let Some(answer) = self
-            .fetch_if_free(source, params, &names, &owner, previous)
-            .await
-        {
-            return answer;
-        }
-        // (3) Another process is fetching: wait for its token, or for the lock
-        // to come free without one (that process failed or died).
-        Counters::bump(&self.counters.store_lock_waits);
         let deadline = Instant::now() + self.level.peer_wait;
-        loop {
+        for attempt in 0.. {
+            if let Some(answer) = self
+                .fetch_if_free(source, params, &names, &owner, previous)
+                .await
+            {
+                return answer;
+            }
+            if attempt == 0 {
+                Counters::bump(&self.counters.store_lock_waits);
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -127,12 +129,6 @@ impl Fetch<'_> {
                 Ok(None) => {}
                 Err(StoreFailed) => return self.fall_back(source, params).await,
             }
-            if let Some(answer) = self
-                .fetch_if_free(source, params, &names, &owner, previous)
-                .await
-            {
-                return answer;
-            }
         }
         tracing::warn!(
             waited_ms = self.level.peer_wait.as_millis() as u64,
@@ -141,7 +137,9 @@ impl Fetch<'_> {
         self.fall_back(source, params).await
     }
 
-    /// Takes the lock and fetches if it is free; `None` if another process holds it.
+    /// Takes the lock if it is free and, holding it, reads once more (the
+    /// previous holder may have just stored a token), else fetches and
+    /// stores; then unlocks. `None` if another process holds the lock.
     async fn fetch_if_free(
         &self,
         source: &dyn TokenSource,
@@ -155,41 +153,25 @@ impl Fetch<'_> {
             .store
             .try_lock(&names.lock, owner, self.level.lease);
         match self.round_trip("lock", lock).await {
-            Ok(true) => Some(
-                self.fetch_locked(source, params, names, owner, previous)
-                    .await,
-            ),
-            Ok(false) => None,
-            Err(StoreFailed) => Some(self.fall_back(source, params).await),
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(StoreFailed) => return Some(self.fall_back(source, params).await),
         }
-    }
-
-    /// With the lock held: reads once more (the previous holder may have just
-    /// stored a token), else fetches and stores; then unlocks.
-    async fn fetch_locked(
-        &self,
-        source: &dyn TokenSource,
-        params: &TokenParams,
-        names: &EntryNames,
-        owner: &str,
-        previous: Option<&str>,
-    ) -> Result<AccessToken, TokenError> {
-        match self.look(names, previous, Look::Again).await {
-            Ok(Some(token)) => {
-                self.unlock(names, owner).await;
-                return Ok(self.hit(token));
-            }
-            Ok(None) => {}
+        let result = match self.look(names, previous, Look::Again).await {
+            Ok(Some(token)) => Ok(self.hit(token)),
             // The lock expires by itself.
-            Err(StoreFailed) => return self.fall_back(source, params).await,
-        }
-        Counters::bump(&self.counters.token_requests);
-        let result = source.fetch_token(params).await;
-        if let Ok(token) = &result {
-            self.put(names, token).await;
-        }
+            Err(StoreFailed) => return Some(self.fall_back(source, params).await),
+            Ok(None) => {
+                Counters::bump(&self.counters.token_requests);
+                let result = source.fetch_token(params).await;
+                if let Ok(token) = &result {
+                    self.put(names, token).await;
+                }
+                result
+            }
+        };
         self.unlock(names, owner).await;
-        result
+        Some(result)
     }
 
     /// The entry's token if it is a hit: not `previous`, not past its writer's
@@ -301,26 +283,17 @@ impl Fetch<'_> {
         let result = tokio::time::timeout(self.level.store_timeout, call)
             .instrument(span.clone())
             .await;
-        match result {
-            Ok(Ok(value)) => {
-                span.record("outcome", "ok");
-                Ok(value)
-            }
-            Ok(Err(err)) => {
-                span.record("outcome", "error");
-                tracing::warn!(parent: &span, error = %err, "a round trip to the shared cache failed");
-                Err(StoreFailed)
-            }
-            Err(_) => {
-                span.record("outcome", "timeout");
-                tracing::warn!(
-                    parent: &span,
-                    timeout_ms = self.level.store_timeout.as_millis() as u64,
-                    "the shared cache did not answer in time"
-                );
-                Err(StoreFailed)
-            }
-        }
+        let Ok(result) = result else {
+            span.record("outcome", "timeout");
+            let timeout_ms = self.level.store_timeout.as_millis() as u64;
+            tracing::warn!(parent: &span, timeout_ms, "the shared cache did not answer in time");
+            return Err(StoreFailed);
+        };
+        span.record("outcome", if result.is_ok() { "ok" } else { "error" });
+        result.map_err(|err| {
+            tracing::warn!(parent: &span, error = %err, "a round trip to the shared cache failed");
+            StoreFailed
+        })
     }
 }
 
