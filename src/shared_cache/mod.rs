@@ -1,11 +1,8 @@
 //! One token for a fleet: a second-level token cache that the processes of a
 //! fleet share, in Redis or Valkey (feature `redis`) or any store behind
-//! [`SharedStore`] (feature `shared-cache`).
-//!
-//! Without it, each of N processes makes its own token request per parameter
-//! set per token lifetime, and token endpoints are commonly rate limited or
-//! billed per token. With a [`SharedCache`], one process fetches each token and
-//! the others read it from the store:
+//! [`SharedStore`] (feature `shared-cache`): one process fetches each token,
+//! where N processes would each make their own token request, and the others
+//! read it from the store.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {

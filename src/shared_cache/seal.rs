@@ -96,14 +96,10 @@ impl Keys {
         plain.extend_from_slice(&(entry.lifetime.as_millis() as u64).to_be_bytes());
         plain.extend_from_slice(&unix_millis(entry.refresh_at).to_be_bytes());
         plain.extend_from_slice(token);
-        let aad = associated_data(name);
-        let sealed = self.cipher.encrypt(
-            &XNonce::from(nonce),
-            Payload {
-                msg: &plain,
-                aad: &aad,
-            },
-        );
+        let aad = &associated_data(name);
+        let sealed = self
+            .cipher
+            .encrypt(&XNonce::from(nonce), Payload { msg: &plain, aad });
         plain.fill(0);
         let sealed = sealed.map_err(|_| SealError)?;
         Ok([&[VERSION][..], &nonce, &sealed].concat())
@@ -115,16 +111,10 @@ impl Keys {
             return Err(SealError);
         }
         let (nonce, sealed) = value[1..].split_first_chunk().ok_or(SealError)?;
-        let aad = associated_data(name);
+        let aad = &associated_data(name);
         let mut plain = self
             .cipher
-            .decrypt(
-                &XNonce::from(*nonce),
-                Payload {
-                    msg: sealed,
-                    aad: &aad,
-                },
-            )
+            .decrypt(&XNonce::from(*nonce), Payload { msg: sealed, aad })
             .map_err(|_| SealError)?;
         let entry = Entry::decode(&plain);
         plain.fill(0);
@@ -151,7 +141,8 @@ pub(crate) struct EntryNames {
     pub(crate) lock: String,
 }
 
-/// What a sealed value holds.
+/// What a sealed value holds; `Debug` shows no token (a [`SecretString`]).
+#[derive(Debug)]
 pub(crate) struct Entry {
     pub(crate) token: SecretString,
     pub(crate) expires_at: SystemTime,
@@ -173,17 +164,6 @@ impl Entry {
             lifetime: Duration::from_millis(number(8)),
             refresh_at: from_unix_millis(number(16)),
         })
-    }
-}
-
-impl fmt::Debug for Entry {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Entry")
-            .field("token", &format_args!("[redacted]"))
-            .field("expires_at", &self.expires_at)
-            .field("lifetime", &self.lifetime)
-            .field("refresh_at", &self.refresh_at)
-            .finish()
     }
 }
 
