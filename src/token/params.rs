@@ -22,20 +22,15 @@ use crate::Scope;
 /// ```
 #[derive(Clone)]
 pub struct TokenParams {
-    inner: Arc<Hashed>,
+    inner: Arc<Content>,
 }
 
-/// The content and its hash, computed with it.
-#[derive(Clone, PartialEq, Eq)]
-struct Hashed {
-    /// The same in every process and every layer (std's SipHash with fixed
-    /// keys): compared first, so unequal sets rarely compare their text.
-    fingerprint: u64,
-    content: Content,
-}
-
-#[derive(Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Default, PartialEq, Eq)]
 struct Content {
+    /// A hash of the rest, the same in every process and every layer (std's
+    /// SipHash with fixed keys): compared first, so unequal sets rarely
+    /// compare their text.
+    fingerprint: u64,
     scopes: Vec<Scope>,
     /// A JSON object, serialized once with its keys sorted.
     policy_values: Option<String>,
@@ -83,36 +78,32 @@ impl TokenParams {
 
     /// The scopes requested; empty means the Application's own.
     pub fn scopes(&self) -> &[Scope] {
-        &self.inner.content.scopes
+        &self.inner.scopes
     }
 
     /// The policy values as the JSON text sent to the Token API.
     pub fn policy_values(&self) -> Option<&str> {
-        self.inner.content.policy_values.as_deref()
+        self.inner.policy_values.as_deref()
     }
 
     fn edit(self, change: impl FnOnce(&mut Content)) -> Self {
-        let mut content = Arc::unwrap_or_clone(self.inner).content;
+        let mut content = Arc::unwrap_or_clone(self.inner);
         change(&mut content);
-        Self::hashed(content)
-    }
-
-    fn hashed(content: Content) -> Self {
         let mut hasher = std::hash::DefaultHasher::new();
-        content.hash(&mut hasher);
-        let fingerprint = hasher.finish();
+        (&content.scopes, &content.policy_values).hash(&mut hasher);
+        content.fingerprint = hasher.finish();
         Self {
-            inner: Arc::new(Hashed {
-                fingerprint,
-                content,
-            }),
+            inner: Arc::new(content),
         }
     }
 }
 
 impl Default for TokenParams {
     fn default() -> Self {
-        Self::hashed(Content::default())
+        let empty = Self {
+            inner: Arc::default(),
+        };
+        empty.edit(|_| {})
     }
 }
 
