@@ -157,12 +157,9 @@ impl AccessToken {
 
 /// Seconds from now until the Unix time `exp`; `None` when it has passed.
 fn secs_until(exp: i64) -> Option<Duration> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .ok()?
-        .as_secs_f64();
-    let left = exp as f64 - now;
-    (left > 0.0).then(|| Duration::from_secs_f64(left.min(MAX_LIFETIME.as_secs_f64())))
+    let exp = UNIX_EPOCH.checked_add(Duration::from_secs(u64::try_from(exp).ok()?))?;
+    let left = exp.duration_since(SystemTime::now()).ok()?;
+    (!left.is_zero()).then(|| left.min(MAX_LIFETIME))
 }
 
 impl fmt::Debug for AccessToken {

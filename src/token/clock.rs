@@ -6,11 +6,6 @@
 
 use std::ops::Add;
 use std::time::Duration;
-#[cfg(any(
-    test,
-    not(any(target_os = "linux", target_os = "android", target_os = "freebsd"))
-))]
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A wall-clock time: milliseconds since the Unix epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -72,8 +67,8 @@ use self::precise_now as wall_now;
     cfg(test)
 )]
 fn precise_now() -> Time {
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     Time(since_epoch.as_millis() as u64)
 }
