@@ -1,29 +1,24 @@
 //! One token cache: the credential of one parameter set, the deadlines it
 //! carries, and the single flight that renews it.
 //!
-//! - **One model for every credential.** A Basic layer's cache is seeded
-//!   with the Application's credentials (never stale), a bearer layer's with
-//!   its token (stale at its expiry); neither is renewed. A token layer's
-//!   caches are renewed by a [`TokenSource`]. Requests read all of them the
-//!   same way: [`Supply`] says where the credential comes from.
-//! - **Deadlines are data.** An entry carries its stale point and the time
-//!   its next background refresh may start, as wall-clock times; every read
-//!   compares them with the [`Clock`]. The first reader past the refresh
-//!   point starts the one fetch and goes on with the current token; a reader
-//!   past the stale point waits for a new one. No task sleeps until a
-//!   deadline, so a runtime that was not driven for a while, or a host that
-//!   was suspended, never sends an expired token.
-//! - **Single flight.** At most one token request is in flight per cache. It
-//!   runs in a task of its own, under the fetch timeout, which exists only
-//!   while the request is in flight: dropping any waiter (the one that
-//!   started it included) cancels nothing. Its result lands on the cache's
-//!   one channel, where every waiter of that flight (or of a later one) reads
-//!   it.
+//! - **One model for every credential.** Basic and bearer caches are seeded
+//!   and never renewed; a token layer's caches are renewed by a
+//!   [`TokenSource`]. Requests read them all the same way; [`Supply`] says
+//!   where the credential comes from.
+//! - **Deadlines are data.** An entry carries its stale point and refresh
+//!   point as wall-clock times, compared with the [`Clock`] on every read:
+//!   the first reader past the refresh point starts the one fetch and goes on
+//!   with the current token; a reader past the stale point waits for a new
+//!   one. No task sleeps until a deadline, so an undriven runtime or a
+//!   suspended host never sends an expired token.
+//! - **Single flight.** At most one token request per cache, in a task of its
+//!   own under the fetch timeout: dropping any waiter (the one that started
+//!   it included) cancels nothing. Its outcome lands on the cache's one
+//!   channel, where every waiter of that flight (or of a later one) reads it.
 //! - **Failures are data too.** A failed background refresh keeps the current
-//!   token and moves the refresh point to the end of a backoff; the first
-//!   reader after it tries again. A failure with no usable token goes to
-//!   every waiter of that fetch and starts a cool-down ([`Phase::Failed`]),
-//!   during which new requests get the same error at once.
+//!   token and moves its refresh point to the end of a backoff. A failure with
+//!   no usable token goes to every waiter of that fetch and starts a
+//!   cool-down ([`Phase::Failed`]), during which requests get it at once.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -142,12 +137,6 @@ impl Entry {
         }
     }
 
-    /// The pre-built `Authorization` value, marked sensitive.
-    #[inline]
-    pub(crate) fn header(&self) -> &HeaderValue {
-        self.token.header()
-    }
-
     /// Whether it may be sent at `now`.
     #[inline]
     fn is_usable(&self, now: Time) -> bool {
@@ -198,7 +187,7 @@ enum Phase {
     Idle,
     Fetching {
         flight: u64,
-        started: Time,
+        lost_at: Time,
     },
     /// The last fetch failed and no token is usable: until `until`, requests
     /// get `error` at once instead of asking again.
@@ -212,15 +201,6 @@ enum Phase {
 struct Landed {
     flight: u64,
     outcome: Result<Arc<Entry>, TokenError>,
-}
-
-impl Landed {
-    fn outcome(&self) -> Result<Arc<Entry>, TokenError> {
-        match &self.outcome {
-            Ok(entry) => Ok(Arc::clone(entry)),
-            Err(err) => Err(err.share()),
-        }
-    }
 }
 
 /// What a request needs to wait for, decided under the lock.
@@ -285,7 +265,7 @@ impl TokenCache {
         if entry.refresh_is_due(now) {
             self.inner.refresh_ahead(entry, now);
         }
-        Some((entry.header().clone(), entry.generation))
+        Some((entry.token.header().clone(), entry.generation))
     }
 
     /// [`check`](Self::check) on the current entry, if any.
@@ -294,11 +274,7 @@ impl TokenCache {
         self.check(self.inner.current.load().as_deref()?)
     }
 
-    pub(crate) fn config(&self) -> &CacheConfig {
-        &self.inner.config
-    }
-
-    pub(crate) fn config_arc(&self) -> &Arc<CacheConfig> {
+    pub(crate) fn config(&self) -> &Arc<CacheConfig> {
         &self.inner.config
     }
 
@@ -336,7 +312,10 @@ impl TokenCache {
                 Err(_) => Some(landing.await),
             };
             match landed {
-                Some(Ok(landed)) => landed.as_ref().expect("waited for Some").outcome(),
+                Some(Ok(landed)) => match &landed.as_ref().expect("waited for Some").outcome {
+                    Ok(entry) => Ok(Arc::clone(entry)),
+                    Err(err) => Err(err.share()),
+                },
                 // The cache, which this future holds, holds the sender.
                 Some(Err(_closed)) => Err(abandoned()),
                 None => Err(TokenErrorDetails::new(TokenErrorKind::Timeout)
@@ -434,13 +413,9 @@ impl CacheInner {
         if let Some(entry) = self.usable(now) {
             return Join::Ready(Ok(entry));
         }
-        let timeout = self.config.settings.fetch_timeout;
         match &slow.phase {
-            Phase::Fetching { flight, started } if now < *started + timeout => {
-                return Join::Flight {
-                    flight: *flight,
-                    lost_at: *started + timeout,
-                }
+            &Phase::Fetching { flight, lost_at } if now < lost_at => {
+                return Join::Flight { flight, lost_at }
             }
             Phase::Failed { until, error } if now < *until => {
                 return Join::Ready(Err(error.share()))
@@ -453,7 +428,7 @@ impl CacheInner {
         match self.start_flight(slow, now) {
             Ok(flight) => Join::Flight {
                 flight,
-                lost_at: now + timeout,
+                lost_at: now + self.config.settings.fetch_timeout,
             },
             Err(err) => Join::Ready(Err(err)),
         }
@@ -465,8 +440,7 @@ impl CacheInner {
     /// flight's outcome, or give up at their own bound. Like every deadline
     /// here, the age is checked on read: nothing sleeps until it.
     fn is_fetching(&self, slow: &Slow, now: Time) -> bool {
-        let timeout = self.config.settings.fetch_timeout;
-        matches!(slow.phase, Phase::Fetching { started, .. } if now < started + timeout)
+        matches!(slow.phase, Phase::Fetching { lost_at, .. } if now < lost_at)
     }
 
     /// Starts the background refresh of `entry`, unless it was replaced, a
@@ -508,7 +482,7 @@ impl CacheInner {
         let flight = slow.counter;
         slow.phase = Phase::Fetching {
             flight,
-            started: now,
+            lost_at: now + self.config.settings.fetch_timeout,
         };
         let previous = self.current.load_full().or_else(|| slow.previous.clone());
         drop(slow);
@@ -577,11 +551,10 @@ impl CacheInner {
         if current_flight {
             slow.phase = Phase::Idle;
         }
-        let result = result.and_then(|token| {
+        let outcome = match result.and_then(|token| {
             let deadlines = deadlines(&self.config.settings, &token, now)?;
             Ok((token, deadlines))
-        });
-        let outcome = match result {
+        }) {
             Ok((token, deadlines)) => {
                 slow.counter += 1;
                 let current = self.current.load_full();
@@ -669,7 +642,6 @@ impl CacheInner {
 }
 
 /// When a token is due for refresh, and when it goes stale.
-#[derive(Debug, Clone, Copy)]
 struct Deadlines {
     refresh_at: Time,
     stale_at: Time,

@@ -1,15 +1,10 @@
 //! The token caches of one layer: the default one, and one per distinct
 //! [`TokenParams`] that requests carry (multi-tenant tokens), at most
-//! `max_token_sets` of them.
-//!
-//! The keyed caches live in `quick_cache`'s bounded concurrent map: sharded
-//! read locks, so tasks looking up different tenants do not contend; it
-//! measured faster than one mutex over an LRU map and than the 16-shard map
-//! this crate had before, at 1 to 64 tasks (`benches/token_sets.rs`,
-//! BENCHMARKS.md). Past the bound a set is dropped (CLOCK-Pro: one-off
-//! tenants go before busy ones), and with it everything it held: its token
-//! and its deadlines. A fetch of its own still in flight finishes for its
-//! waiters, within the fetch timeout, then goes too.
+//! `max_token_sets` of them, in `quick_cache`'s bounded concurrent map
+//! (sharded read locks: tasks looking up different tenants do not contend).
+//! Past the bound a set is dropped (CLOCK-Pro: one-off tenants go before busy
+//! ones), and with it its token and deadlines. A fetch of its own still in
+//! flight finishes for its waiters, within the fetch timeout, then goes too.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -68,14 +63,10 @@ impl TokenStore {
         if let Some(cache) = keyed.get(params) {
             return Some(cache);
         }
-        let made = keyed.get_or_insert_with(params, || {
-            let config = Arc::clone(self.default.config_arc());
+        let Ok(cache) = keyed.get_or_insert_with(params, || {
+            let config = Arc::clone(self.default.config());
             Ok::<_, Infallible>(TokenCache::new(params.clone(), config))
         });
-        let cache = match made {
-            Ok(cache) => cache,
-            Err(never) => match never {},
-        };
         // quick_cache admits a new set as cold and then evicts the coldest;
         // with room for one set, that slot is hot, so the newcomer itself
         // went and each request of it would fetch a token. Inserted outright,
