@@ -11,7 +11,6 @@
 //! - The entry is expiry, lifetime and writer's refresh point as big-endian
 //!   milliseconds (times since the Unix epoch), then the token.
 
-use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -119,14 +118,6 @@ impl Keys {
         let entry = Entry::decode(&plain);
         plain.fill(0);
         entry
-    }
-}
-
-impl fmt::Debug for Keys {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Keys")
-            .field("application_id", &self.application_id)
-            .finish_non_exhaustive()
     }
 }
 

@@ -712,15 +712,6 @@ fn abandoned() -> TokenError {
     )
 }
 
-impl std::fmt::Debug for TokenCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenCache")
-            .field("params", &self.inner.params)
-            .field("has_token", &self.inner.current.load().is_some())
-            .finish_non_exhaustive()
-    }
-}
-
 #[cfg(test)]
 #[path = "cache_tests.rs"]
 mod tests;

@@ -117,15 +117,6 @@ fn bounded(max: usize) -> Cache<TokenParams, TokenCache> {
     )
 }
 
-impl std::fmt::Debug for TokenStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenStore")
-            .field("default", &self.default)
-            .field("token_sets", &self.keyed_len())
-            .finish_non_exhaustive()
-    }
-}
-
 #[cfg(test)]
 #[path = "store_tests.rs"]
 mod tests;
