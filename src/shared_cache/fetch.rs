@@ -76,44 +76,43 @@ impl SecondLevel for StoreLevel {
         let fetch = Fetch {
             level: self,
             counters,
+            source,
+            params,
+            names: self.keys.names(&self.token_url, params),
+            previous: previous.map(|token| token.secret().expose_secret()),
         };
-        Box::pin(async move { fetch.fetch(source, params, previous).await })
+        Box::pin(async move { fetch.fetch().await })
     }
 }
 
-/// One fetch: the store and its settings, and the layer's counters.
+/// One fetch: the store and its settings, the layer's counters, what to
+/// fetch, and the token being replaced (no hit).
 struct Fetch<'a> {
     level: &'a StoreLevel,
     counters: &'a Counters,
+    source: &'a dyn TokenSource,
+    params: &'a TokenParams,
+    names: EntryNames,
+    previous: Option<&'a str>,
 }
 
 impl Fetch<'_> {
-    async fn fetch(
-        &self,
-        source: &dyn TokenSource,
-        params: &TokenParams,
-        previous: Option<&AccessToken>,
-    ) -> Result<AccessToken, TokenError> {
-        let names = self.level.keys.names(&self.level.token_url, params);
-        let previous = previous.map(|token| token.secret().expose_secret());
+    async fn fetch(&self) -> Result<AccessToken, TokenError> {
         // (1) Someone else's token?
-        match self.look(&names, previous, Look::First).await {
+        match self.look(Look::First).await {
             Ok(Some(token)) => return Ok(self.hit(token)),
             Ok(None) => Counters::bump(&self.counters.store_misses),
-            Err(StoreFailed) => return self.fall_back(source, params).await,
+            Err(StoreFailed) => return self.fall_back().await,
         }
         // (2) Ours to fetch? (3) If another process is fetching, wait for its
         // token, or for the lock to come free without one (that process
         // failed or died).
         let Some(owner) = lock_owner() else {
-            return self.fall_back(source, params).await;
+            return self.fall_back().await;
         };
         let deadline = Instant::now() + self.level.peer_wait;
         for attempt in 0.. {
-            if let Some(answer) = self
-                .fetch_if_free(source, params, &names, &owner, previous)
-                .await
-            {
+            if let Some(answer) = self.fetch_if_free(&owner).await {
                 return answer;
             }
             if attempt == 0 {
@@ -124,72 +123,59 @@ impl Fetch<'_> {
                 break;
             }
             tokio::time::sleep(self.level.poll_interval.min(left)).await;
-            match self.look(&names, previous, Look::Again).await {
+            match self.look(Look::Again).await {
                 Ok(Some(token)) => return Ok(self.hit(token)),
                 Ok(None) => {}
-                Err(StoreFailed) => return self.fall_back(source, params).await,
+                Err(StoreFailed) => return self.fall_back().await,
             }
         }
         tracing::warn!(
             waited_ms = self.level.peer_wait.as_millis() as u64,
             "no token from the process holding the shared cache's lock; fetching our own"
         );
-        self.fall_back(source, params).await
+        self.fall_back().await
     }
 
     /// Takes the lock if it is free and, holding it, reads once more (the
     /// previous holder may have just stored a token), else fetches and
     /// stores; then unlocks. `None` if another process holds the lock.
-    async fn fetch_if_free(
-        &self,
-        source: &dyn TokenSource,
-        params: &TokenParams,
-        names: &EntryNames,
-        owner: &str,
-        previous: Option<&str>,
-    ) -> Option<Result<AccessToken, TokenError>> {
-        let lock = self
-            .level
-            .store
-            .try_lock(&names.lock, owner, self.level.lease);
-        match self.round_trip("lock", lock).await {
+    async fn fetch_if_free(&self, owner: &str) -> Option<Result<AccessToken, TokenError>> {
+        let (store, lock) = (&self.level.store, &self.names.lock);
+        match self
+            .round_trip("lock", store.try_lock(lock, owner, self.level.lease))
+            .await
+        {
             Ok(true) => {}
             Ok(false) => return None,
-            Err(StoreFailed) => return Some(self.fall_back(source, params).await),
+            Err(StoreFailed) => return Some(self.fall_back().await),
         }
-        let result = match self.look(names, previous, Look::Again).await {
+        let result = match self.look(Look::Again).await {
             Ok(Some(token)) => Ok(self.hit(token)),
             // The lock expires by itself.
-            Err(StoreFailed) => return Some(self.fall_back(source, params).await),
+            Err(StoreFailed) => return Some(self.fall_back().await),
             Ok(None) => {
                 Counters::bump(&self.counters.token_requests);
-                let result = source.fetch_token(params).await;
+                let result = self.source.fetch_token(self.params).await;
                 if let Ok(token) = &result {
-                    self.put(names, token).await;
+                    self.put(token).await;
                 }
                 result
             }
         };
-        self.unlock(names, owner).await;
+        // Best effort: a lock left behind expires with its lease.
+        let _ = self.round_trip("unlock", store.unlock(lock, owner)).await;
         Some(result)
     }
 
     /// The entry's token if it is a hit: not `previous`, not past its writer's
     /// refresh point, usable a while yet. A value that does not open is
     /// counted and logged on the first look only.
-    async fn look(
-        &self,
-        names: &EntryNames,
-        previous: Option<&str>,
-        look: Look,
-    ) -> Result<Option<AccessToken>, StoreFailed> {
-        let Some(value) = self
-            .round_trip("get", self.level.store.get(&names.token))
-            .await?
-        else {
+    async fn look(&self, look: Look) -> Result<Option<AccessToken>, StoreFailed> {
+        let name = &self.names.token;
+        let Some(value) = self.round_trip("get", self.level.store.get(name)).await? else {
             return Ok(None);
         };
-        let entry = match self.level.keys.open(&names.token, &value) {
+        let entry = match self.level.keys.open(name, &value) {
             Ok(entry) => entry,
             Err(_) if look == Look::Again => return Ok(None),
             Err(_) => {
@@ -207,7 +193,7 @@ impl Fetch<'_> {
             .expires_at
             .checked_sub(self.margin(entry.lifetime))
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        if previous == Some(token) || now >= entry.refresh_at || now >= usable_until {
+        if self.previous == Some(token) || now >= entry.refresh_at || now >= usable_until {
             return Ok(None);
         }
         match AccessToken::restored(token.to_owned(), entry.expires_at, entry.lifetime) {
@@ -229,25 +215,14 @@ impl Fetch<'_> {
     }
 
     /// A token request of our own, shared with nobody.
-    async fn fall_back(
-        &self,
-        source: &dyn TokenSource,
-        params: &TokenParams,
-    ) -> Result<AccessToken, TokenError> {
+    async fn fall_back(&self) -> Result<AccessToken, TokenError> {
         Counters::bump(&self.counters.store_fallbacks);
         Counters::bump(&self.counters.token_requests);
-        source.fetch_token(params).await
-    }
-
-    /// Best effort: a lock left behind expires with its lease.
-    async fn unlock(&self, names: &EntryNames, owner: &str) {
-        let _ = self
-            .round_trip("unlock", self.level.store.unlock(&names.lock, owner))
-            .await;
+        self.source.fetch_token(self.params).await
     }
 
     /// Stores a fresh token for as long as it is usable; best effort.
-    async fn put(&self, names: &EntryNames, token: &AccessToken) {
+    async fn put(&self, token: &AccessToken) {
         let margin = self.margin(token.lifetime());
         let ttl = token.expires_in().saturating_sub(margin);
         if ttl < Duration::from_millis(1) {
@@ -259,12 +234,12 @@ impl Fetch<'_> {
             lifetime: token.lifetime(),
             refresh_at: SystemTime::now() + ttl.mul_f64(self.level.refresh_at),
         };
-        let Ok(value) = self.level.keys.seal(&names.token, &entry) else {
+        let Ok(value) = self.level.keys.seal(&self.names.token, &entry) else {
             tracing::warn!("could not seal a token for the shared cache (no randomness?)");
             return;
         };
         let _ = self
-            .round_trip("put", self.level.store.put(&names.token, value, ttl))
+            .round_trip("put", self.level.store.put(&self.names.token, value, ttl))
             .await;
     }
 
