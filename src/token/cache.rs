@@ -523,13 +523,12 @@ impl CacheInner {
             .await
             .unwrap_or_else(|_| Err(TokenError::new(TokenErrorKind::Timeout)));
         let elapsed_ms = started.elapsed().as_millis() as u64;
+        span.record("outcome", if result.is_ok() { "ok" } else { "error" });
         match &result {
             Ok(token) => {
-                span.record("outcome", "ok");
                 tracing::info!(parent: &span, elapsed_ms, lifetime_s = token.lifetime().as_secs(), "fetched a Propel access token");
             }
             Err(err) => {
-                span.record("outcome", "error");
                 Counters::bump(&config.counters.token_failures);
                 tracing::warn!(parent: &span, elapsed_ms, error = %err, "token request failed");
             }
