@@ -210,11 +210,6 @@ enum Join {
 }
 
 impl TokenCache {
-    /// An empty cache that fetches its first token when asked.
-    pub(crate) fn new(params: TokenParams, config: Arc<CacheConfig>) -> Self {
-        Self::with_current(params, config, None)
-    }
-
     /// A cache seeded with `token`, never renewed: it goes stale a safety
     /// margin before `token` expires (at once if it already is inside it,
     /// so requests get `Expired`), or never when `expires` is false.
@@ -229,10 +224,11 @@ impl TokenCache {
             stale_at,
         };
         let entry = Arc::new(Entry::new(1, token, now, deadlines));
-        Self::with_current(TokenParams::default(), config, Some(entry))
+        Self::new(TokenParams::default(), config, Some(entry))
     }
 
-    fn with_current(
+    /// A cache holding `current`; an empty one fetches its first token when asked.
+    pub(crate) fn new(
         params: TokenParams,
         config: Arc<CacheConfig>,
         current: Option<Arc<Entry>>,

@@ -83,10 +83,7 @@ impl Settings {
             return fail("settings.fetch_timeout", "it must be more than zero");
         }
         if self.backoff_base.is_zero() || self.backoff_base > self.backoff_max {
-            return fail(
-                "settings.backoff_base",
-                "it must be more than zero and at most backoff_max",
-            );
+            return fail("settings.backoff_base", "it must be in (0, backoff_max]");
         }
         // As long as any token may live: longer only overflows the clock.
         const DAY: Duration = super::access_token::MAX_LIFETIME;

@@ -29,7 +29,7 @@ impl TokenStore {
     pub(crate) fn renewable(default_params: TokenParams, config: Arc<CacheConfig>) -> Self {
         Self {
             keyed: Some(bounded(config.settings.max_token_sets)),
-            default: TokenCache::new(default_params.clone(), config),
+            default: TokenCache::new(default_params.clone(), config, None),
             default_params,
         }
     }
@@ -65,7 +65,7 @@ impl TokenStore {
         }
         let Ok(cache) = keyed.get_or_insert_with(params, || {
             let config = Arc::clone(self.default.config());
-            Ok::<_, Infallible>(TokenCache::new(params.clone(), config))
+            Ok::<_, Infallible>(TokenCache::new(params.clone(), config, None))
         });
         // quick_cache admits a new set as cold and then evicts the coldest;
         // with room for one set, that slot is hot, so the newcomer itself
