@@ -189,64 +189,41 @@ fn quoted_before(text: &str) -> Option<&str> {
 /// A short, single-line excerpt of outside text, with the `known` secrets (the
 /// Application secret, the current token) and anything token-like `[redacted]`.
 pub(crate) fn excerpt(text: &str, known: &[&str]) -> String {
-    let mut scrubbed = std::borrow::Cow::Borrowed(text);
+    let mut scrubbed = text.to_owned();
     for secret in known.iter().filter(|secret| !secret.is_empty()) {
-        if scrubbed.contains(secret) {
-            scrubbed = std::borrow::Cow::Owned(scrubbed.replace(secret, "[redacted]"));
-        }
+        scrubbed = scrubbed.replace(secret, "[redacted]");
     }
-    let mut out = String::new();
-    let mut chars = 0;
-    for word in scrubbed.split_whitespace() {
-        if chars >= EXCERPT_CHARS {
-            out.push('…');
-            break;
-        }
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        let cleaned = redact_word(word);
-        let room = EXCERPT_CHARS - chars;
-        if cleaned.chars().count() > room {
-            out.extend(cleaned.chars().take(room));
-            out.push('…');
-            break;
-        }
-        chars += cleaned.chars().count() + 1;
-        out.push_str(&cleaned);
+    let words: Vec<_> = scrubbed.split_whitespace().map(redact_word).collect();
+    let line: String = words
+        .join(" ")
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    match line.char_indices().nth(EXCERPT_CHARS) {
+        Some((cut, _)) => format!("{}…", line[..cut].trim_end()),
+        None => line,
     }
-    out.chars().filter(|c| !c.is_control()).collect()
 }
 
 /// Replaces runs of token-like characters that look like a JWT, a bearer
 /// token or a secret: 32 or more of `[A-Za-z0-9._~+/=-]` mixing letters and
 /// digits. Application and Data Pool IDs (`APP01…`, 29 characters) survive.
-fn redact_word(word: &str) -> std::borrow::Cow<'_, str> {
+fn redact_word(word: &str) -> String {
     let is_token_char = |c: char| c.is_ascii_alphanumeric() || "._~+/=-".contains(c);
-    let mut out = String::new();
-    let mut rest = word;
-    let mut changed = false;
-    while let Some(start) = rest.find(is_token_char) {
-        let run_len = rest[start..]
-            .find(|c: char| !is_token_char(c))
-            .unwrap_or(rest.len() - start);
-        let run = &rest[start..start + run_len];
-        out.push_str(&rest[..start]);
-        let mixed =
-            run.chars().any(|c| c.is_ascii_digit()) && run.chars().any(|c| c.is_ascii_alphabetic());
-        if run.len() >= 32 && mixed || run.starts_with("eyJ") && run.len() >= 16 {
-            out.push_str("[redacted]");
-            changed = true;
-        } else {
-            out.push_str(run);
-        }
-        rest = &rest[start + run_len..];
-    }
-    if !changed {
-        return std::borrow::Cow::Borrowed(word);
-    }
-    out.push_str(rest);
-    std::borrow::Cow::Owned(out)
+    // Each piece is a run of token characters and the one character ending it.
+    let pieces = word.split_inclusive(|c: char| !is_token_char(c));
+    pieces
+        .map(|piece| {
+            let run = piece.trim_end_matches(|c: char| !is_token_char(c));
+            let mixed = run.contains(|c: char| c.is_ascii_digit())
+                && run.contains(|c: char| c.is_ascii_alphabetic());
+            if run.len() >= 32 && mixed || run.starts_with("eyJ") && run.len() >= 16 {
+                format!("[redacted]{}", &piece[run.len()..])
+            } else {
+                piece.to_owned()
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
