@@ -80,47 +80,37 @@ struct GraphQlError {
 /// `{"error":…,"error_description":…}`, `{"message":…}`, or plain text. Never
 /// fails: anything else becomes an excerpt, `known` secrets removed ([`excerpt`]).
 pub(crate) fn parse_error_body(bytes: &[u8], known: &[&str]) -> ErrorBody {
-    let excerpt = |text: &str| excerpt(text, known);
-    if let Ok(json) = serde_json::from_slice::<JsonError>(bytes) {
-        let graphql = json.errors.map(|errors| {
-            errors
-                .into_iter()
-                .filter_map(|error| error.message)
-                .collect::<Vec<_>>()
-                .join("; ")
-        });
-        let code = match json.error {
-            Some(serde_json::Value::String(code)) => Some(code),
-            // Some servers nest: {"error":{"message":…}}
-            Some(serde_json::Value::Object(map)) => {
-                return ErrorBody {
-                    code: map.get("code").and_then(|c| c.as_str()).map(excerpt),
-                    message: map.get("message").and_then(|m| m.as_str()).map(excerpt),
-                };
-            }
-            _ => None,
+    let excerpt = |text: &str| Some(excerpt(text, known)).filter(|text| !text.is_empty());
+    let Ok(json) = serde_json::from_slice::<JsonError>(bytes) else {
+        let text = String::from_utf8_lossy(bytes);
+        // JSON cut short by the size cap no longer parses: read it as text, but
+        // without its escapes, so `\"admin\"` still reads as a quoted word.
+        let text = match text.trim_start().starts_with(['{', '[']) {
+            true => text.replace("\\\"", "\"").replace("\\\\", "\\"),
+            false => text.into_owned(),
         };
-        let message = graphql
-            .filter(|m| !m.is_empty())
-            .or(json.error_description)
-            .or(json.message);
         return ErrorBody {
-            code: code.map(|c| excerpt(&c)),
-            message: message.map(|m| excerpt(&m)).filter(|m| !m.is_empty()),
+            code: None,
+            message: excerpt(&text),
+        };
+    };
+    let field = |value: Option<&serde_json::Value>| value?.as_str().and_then(excerpt);
+    if let Some(serde_json::Value::Object(nested)) = &json.error {
+        // Some servers nest: {"error":{"code":…,"message":…}}
+        return ErrorBody {
+            code: field(nested.get("code")),
+            message: field(nested.get("message")),
         };
     }
-    let text = String::from_utf8_lossy(bytes);
-    // JSON cut short by the size cap no longer parses: read it as text, but
-    // without its escapes, so `\"admin\"` still reads as a quoted word.
-    let text = if text.trim_start().starts_with(['{', '[']) {
-        std::borrow::Cow::Owned(text.replace("\\\"", "\"").replace("\\\\", "\\"))
-    } else {
-        text
-    };
-    let message = excerpt(&text);
+    let graphql = json.errors.unwrap_or_default().into_iter();
+    let graphql: Vec<_> = graphql.filter_map(|error| error.message).collect();
+    let message = Some(graphql.join("; "))
+        .filter(|message| !message.is_empty())
+        .or(json.error_description)
+        .or(json.message);
     ErrorBody {
-        code: None,
-        message: (!message.is_empty()).then_some(message),
+        code: field(json.error.as_ref()),
+        message: message.as_deref().and_then(excerpt),
     }
 }
 

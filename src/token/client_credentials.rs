@@ -104,7 +104,7 @@ impl TokenSource for Exchange {
         Box::pin(
             async move {
                 let response = http.send(request).await?;
-                tracing::Span::current().record("status", response.status.as_u16());
+                tracing::Span::current().record("status", response.status().as_u16());
                 token_from_response(response, &[secret.expose_secret()])
             }
             .instrument(span),
@@ -154,11 +154,7 @@ pub(crate) fn token_from_response(
     known: &[&str],
 ) -> Result<AccessToken, TokenError> {
     let excerpt = |text: &str| excerpt(text, known);
-    let TokenHttpResponse {
-        status,
-        headers,
-        body,
-    } = response;
+    let (status, body) = (response.status(), response.body());
     let details = |kind| TokenErrorDetails {
         status: Some(status),
         ..TokenErrorDetails::new(kind)
@@ -213,7 +209,7 @@ pub(crate) fn token_from_response(
     Err(TokenErrorDetails {
         oauth_error: parsed.code,
         description: parsed.message,
-        retry_after: retry_after(&headers),
+        retry_after: retry_after(response.headers()),
         ..details(kind)
     }
     .into())
@@ -222,15 +218,10 @@ pub(crate) fn token_from_response(
 /// A Token API error from an answer, for other modules' tests.
 #[cfg(test)]
 pub(crate) fn token_error_for_test(answer: http::Response<Bytes>) -> TokenError {
-    let (parts, bytes) = answer.into_parts();
-    let response = TokenHttpResponse {
-        status: parts.status,
-        headers: parts.headers,
-        body: crate::error_body::Capped {
-            bytes,
-            truncated: false,
-        },
-    };
+    let response = answer.map(|bytes| crate::error_body::Capped {
+        bytes,
+        truncated: false,
+    });
     token_from_response(response, &[]).expect_err("not a success")
 }
 
@@ -263,14 +254,12 @@ mod tests {
     }
 
     fn answer(status: u16, body: &str) -> TokenHttpResponse {
-        TokenHttpResponse {
-            status: StatusCode::from_u16(status).unwrap(),
-            headers: HeaderMap::new(),
-            body: Capped {
-                bytes: Bytes::copy_from_slice(body.as_bytes()),
-                truncated: false,
-            },
-        }
+        let mut answer = http::Response::new(Capped {
+            bytes: Bytes::copy_from_slice(body.as_bytes()),
+            truncated: false,
+        });
+        *answer.status_mut() = StatusCode::from_u16(status).unwrap();
+        answer
     }
 
     #[test]
@@ -342,7 +331,7 @@ mod tests {
     fn retry_after_is_read_in_seconds() {
         let mut response = answer(503, "");
         response
-            .headers
+            .headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from_static("7"));
         let err = token_from_response(response, &[]).unwrap_err();
         assert_eq!(err.retry_after(), Some(Duration::from_secs(7)));

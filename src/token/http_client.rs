@@ -3,7 +3,6 @@
 use std::fmt;
 
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
 use http_body::Body;
 use http_body_util::Full;
 use tower::util::BoxCloneSyncService;
@@ -13,12 +12,7 @@ use crate::error::{TokenError, TokenErrorDetails, TokenErrorKind};
 use crate::error_body::{read_capped, Capped};
 
 /// A Token API answer with its body read up to the cap.
-#[derive(Debug)]
-pub(crate) struct TokenHttpResponse {
-    pub(crate) status: StatusCode,
-    pub(crate) headers: HeaderMap,
-    pub(crate) body: Capped,
-}
+pub(crate) type TokenHttpResponse = http::Response<Capped>;
 
 /// The HTTP client for token requests
 /// ([`TokenLayerBuilder::http_client`](crate::TokenLayerBuilder::http_client)):
@@ -65,11 +59,7 @@ impl TokenHttpClient {
                     .await
                     .map_err(Into::into)?;
                 let (parts, body) = response.into_parts();
-                Ok(TokenHttpResponse {
-                    status: parts.status,
-                    headers: parts.headers,
-                    body: read_capped(body).await?,
-                })
+                Ok(http::Response::from_parts(parts, read_capped(body).await?))
             }
         });
         Self {
@@ -127,11 +117,7 @@ impl From<reqwest::Client> for TokenHttpClient {
                     }
                 })?;
                 let (parts, body) = http::Response::<reqwest::Body>::from(response).into_parts();
-                Ok::<_, BoxError>(TokenHttpResponse {
-                    status: parts.status,
-                    headers: parts.headers,
-                    body: read_capped(body).await?,
-                })
+                Ok::<_, BoxError>(http::Response::from_parts(parts, read_capped(body).await?))
             }
         });
         Self {
