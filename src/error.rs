@@ -682,11 +682,8 @@ impl ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid configuration: {} is not usable: {}",
-            self.what, self.problem
-        )
+        let Self { what, problem } = self;
+        write!(f, "invalid configuration: {what} is not usable: {problem}")
     }
 }
 

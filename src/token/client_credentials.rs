@@ -50,8 +50,7 @@ pub struct ClientCredentials {
 impl ClientCredentials {
     /// Checks the configuration and makes the exchange.
     pub(crate) fn exchange(self) -> Result<Exchange, ConfigError> {
-        let token_origin = Origin::parse(&self.token_url, "the token URL")?;
-        if token_origin.is_insecure() {
+        if Origin::parse(&self.token_url, "the token URL")?.is_insecure() {
             return Err(ConfigError::invalid(
                 "the token URL",
                 "it is plain http to a host that is not loopback; the secret would travel in clear text",
