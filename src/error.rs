@@ -256,8 +256,7 @@ impl Unauthorized {
     }
 
     /// Whether sending again may succeed: the rejected token was dropped (or
-    /// replaced). False with Basic credentials, a bearer token, a token fetched
-    /// to replace a rejected one, or within a cool-down of another drop.
+    /// replaced) and the next attempt carries another.
     pub fn is_transient(&self) -> bool {
         self.reason == UnauthorizedReason::Curable
     }
@@ -547,9 +546,39 @@ impl TokenError {
         self.inner.description.as_deref()
     }
 
-    /// Which request field to check, when the answer points at one.
+    /// Which request field to check, when the answer points at one: by the
+    /// RFC 6749 error and what its description mentions.
     pub fn field(&self) -> Option<TokenRequestField> {
-        guess_field(self.inner.kind, self.inner.description.as_deref())
+        let text = self.description().unwrap_or_default().to_ascii_lowercase();
+        let mentions = |words: &[&str]| words.iter().any(|word| text.contains(word));
+        match self.kind() {
+            TokenErrorKind::UnsupportedGrantType => Some(TokenRequestField::GrantType),
+            TokenErrorKind::InvalidScope => Some(TokenRequestField::Scope),
+            TokenErrorKind::InvalidClient
+            | TokenErrorKind::InvalidRequest
+            | TokenErrorKind::Rejected => {
+                if mentions(&["grant_type", "grant type"]) {
+                    Some(TokenRequestField::GrantType)
+                } else if mentions(&["secret"]) {
+                    Some(TokenRequestField::ClientSecret)
+                } else if mentions(&[
+                    "client_id",
+                    "client id",
+                    "application id",
+                    "unknown client",
+                    "does not exist",
+                ]) {
+                    Some(TokenRequestField::ClientId)
+                } else if mentions(&["policy_values", "policy values"]) {
+                    Some(TokenRequestField::PolicyValues)
+                } else if mentions(&["scope"]) {
+                    Some(TokenRequestField::Scope)
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        }
     }
 
     /// The `Retry-After` the Token API sent with a 429 or 503.
@@ -581,40 +610,6 @@ impl TokenError {
             }
             None => self.inner.kind.text().1,
         }
-    }
-}
-
-/// Which request field an RFC 6749 error points at, by kind and description.
-fn guess_field(kind: TokenErrorKind, description: Option<&str>) -> Option<TokenRequestField> {
-    let text = description.unwrap_or_default().to_ascii_lowercase();
-    let mentions = |words: &[&str]| words.iter().any(|word| text.contains(word));
-    match kind {
-        TokenErrorKind::UnsupportedGrantType => Some(TokenRequestField::GrantType),
-        TokenErrorKind::InvalidScope => Some(TokenRequestField::Scope),
-        TokenErrorKind::InvalidClient
-        | TokenErrorKind::InvalidRequest
-        | TokenErrorKind::Rejected => {
-            if mentions(&["grant_type", "grant type"]) {
-                Some(TokenRequestField::GrantType)
-            } else if mentions(&["secret"]) {
-                Some(TokenRequestField::ClientSecret)
-            } else if mentions(&[
-                "client_id",
-                "client id",
-                "application id",
-                "unknown client",
-                "does not exist",
-            ]) {
-                Some(TokenRequestField::ClientId)
-            } else if mentions(&["policy_values", "policy values"]) {
-                Some(TokenRequestField::PolicyValues)
-            } else if mentions(&["scope"]) {
-                Some(TokenRequestField::Scope)
-            } else {
-                None
-            }
-        }
-        _ => None,
     }
 }
 

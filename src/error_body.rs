@@ -162,17 +162,12 @@ fn scope_named_at(message: &str, at: usize) -> Option<Scope> {
     (!matches!(scope, Scope::Other(_))).then_some(scope)
 }
 
-/// The last `"…"` (or `'…'`, `` `…` ``) quoted word in `text`, if `text` ends
-/// with it (give or take white space and the word "the").
+/// The `"…"` (or `'…'`, `` `…` ``) quoted word `text` ends with, give or take
+/// white space.
 fn quoted_before(text: &str) -> Option<&str> {
-    let text = text.trim_end();
-    let quote = text
-        .chars()
-        .last()
-        .filter(|c| matches!(c, '"' | '\'' | '`'))?;
-    let inner = &text[..text.len() - quote.len_utf8()];
-    let start = inner.rfind(quote)?;
-    let word = &inner[start + quote.len_utf8()..];
+    let inner = text.trim_end().strip_suffix(['"', '\'', '`'])?;
+    let quote = text.trim_end().chars().last()?;
+    let word = &inner[inner.rfind(quote)? + 1..];
     (!word.is_empty() && word.len() < 64).then_some(word)
 }
 
