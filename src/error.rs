@@ -618,12 +618,10 @@ impl fmt::Display for TokenError {
         let inner = &self.inner;
         f.write_str("could not get a Propel access token: ")?;
         f.write_str(inner.kind.text().0)?;
-        if let Some(status) = inner.status {
-            write!(f, " (HTTP {}", status.as_u16())?;
-            if let Some(code) = &inner.oauth_error {
-                write!(f, ", {code}")?;
-            }
-            f.write_str(")")?;
+        match (inner.status, &inner.oauth_error) {
+            (Some(status), Some(code)) => write!(f, " (HTTP {}, {code})", status.as_u16())?,
+            (Some(status), None) => write!(f, " (HTTP {})", status.as_u16())?,
+            (None, _) => {}
         }
         if let Some(description) = &inner.description {
             write!(f, ": {description}")?;

@@ -117,10 +117,6 @@ pub(crate) fn parse_error_body(bytes: &[u8], known: &[&str]) -> ErrorBody {
 /// Classifies a 403 body: the scope it names, a policy problem, or neither.
 pub(crate) fn forbidden_from_body(bytes: &[u8], known: &[&str]) -> Forbidden {
     let message = parse_error_body(bytes, known).message.unwrap_or_default();
-    Forbidden::new(classify_forbidden(&message), message)
-}
-
-fn classify_forbidden(message: &str) -> ForbiddenReason {
     // Propel: `… is not allowed to query Data Pool DPO…, because it lacks the
     // "data-pool:query" scope; you must add this scope …`. IDs and names come
     // first and may hold "scope" (`APP01NOSCOPE`, a Data Pool `scope admin`), so
@@ -129,12 +125,13 @@ fn classify_forbidden(message: &str) -> ForbiddenReason {
     let named = lower
         .rmatch_indices("scope")
         .filter(|&(at, _)| !is_word_char(at.checked_sub(1).map(|before| lower.as_bytes()[before])))
-        .find_map(|(at, _)| scope_named_at(message, at));
-    match named {
+        .find_map(|(at, _)| scope_named_at(&message, at));
+    let reason = match named {
         Some(scope) => ForbiddenReason::MissingScope(scope),
         None if lower.contains("policy") || lower.contains("policies") => ForbiddenReason::Policy,
         None => ForbiddenReason::Other,
-    }
+    };
+    Forbidden::new(reason, message)
 }
 
 /// Whether `byte` continues a word: a letter, a digit or `_`.

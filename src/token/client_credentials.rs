@@ -184,9 +184,10 @@ pub(crate) fn token_from_response(
             let kind = excerpt(&kind);
             return Err(invalid(format!("the token_type is {kind:?}, not Bearer")));
         }
+        // A number, or a number in a string.
         let expires_in = parsed
             .expires_in
-            .and_then(|value| (value.as_f64()).or_else(|| value.as_str()?.trim().parse().ok()));
+            .and_then(|v| v.as_f64().or_else(|| v.as_str()?.trim().parse().ok()));
         return AccessToken::from_response(token, expires_in);
     }
     let parsed = parse_error_body(&body.bytes, known);

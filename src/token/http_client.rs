@@ -1,7 +1,5 @@
 //! [`TokenHttpClient`]: the HTTP client token requests go through.
 
-use std::fmt;
-
 use bytes::Bytes;
 use http_body::Body;
 use http_body_util::Full;
@@ -31,7 +29,7 @@ pub(crate) type TokenHttpResponse = http::Response<Capped>;
 /// let for_tokens = TokenHttpClient::new(hyper);
 /// # let _ = for_tokens;
 /// ```
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct TokenHttpClient {
     service: BoxCloneSyncService<http::Request<Bytes>, TokenHttpResponse, BoxError>,
 }
@@ -135,10 +133,4 @@ fn lacks_tls(err: &reqwest::Error) -> bool {
     err.is_connect()
         && std::iter::successors(Some(first), |cause| cause.source())
             .any(|cause| cause.to_string() == "invalid URL, scheme is not http")
-}
-
-impl fmt::Debug for TokenHttpClient {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenHttpClient").finish_non_exhaustive()
-    }
 }
