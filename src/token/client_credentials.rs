@@ -215,23 +215,8 @@ pub(crate) fn token_from_response(
     .into())
 }
 
-/// A Token API error from an answer, for other modules' tests.
-#[cfg(test)]
-pub(crate) fn token_error_for_test(answer: http::Response<Bytes>) -> TokenError {
-    let response = answer.map(|bytes| crate::error_body::Capped {
-        bytes,
-        truncated: false,
-    });
-    token_from_response(response, &[]).expect_err("not a success")
-}
-
-/// The most a `Retry-After` is honoured: a server asking for more gets a
-/// retry after a minute.
-pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
-
-/// `Retry-After` in seconds, at most [`MAX_RETRY_AFTER`] (the HTTP-date form
-/// is not honoured: it needs a clock the server shares, and the backoff
-/// covers it).
+/// `Retry-After` in seconds, at most a minute (the HTTP-date form is not
+/// honoured: it needs a clock the server shares, and the backoff covers it).
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let secs: u64 = headers
         .get(RETRY_AFTER)?
@@ -240,7 +225,17 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .trim()
         .parse()
         .ok()?;
-    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+    Some(Duration::from_secs(secs.min(60)))
+}
+
+/// A Token API error from an answer, for other modules' tests.
+#[cfg(test)]
+pub(crate) fn token_error_for_test(answer: http::Response<Bytes>) -> TokenError {
+    let response = answer.map(|bytes| crate::error_body::Capped {
+        bytes,
+        truncated: false,
+    });
+    token_from_response(response, &[]).expect_err("not a success")
 }
 
 #[cfg(test)]
