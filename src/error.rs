@@ -520,12 +520,6 @@ impl TokenError {
         }
     }
 
-    /// Whether two handles are the same error (waiters of one fetch share it).
-    #[cfg(test)]
-    pub(crate) fn same_as(&self, other: &TokenError) -> bool {
-        Arc::ptr_eq(&self.inner, &other.inner)
-    }
-
     /// What went wrong.
     pub fn kind(&self) -> TokenErrorKind {
         self.inner.kind
@@ -685,6 +679,13 @@ impl std::error::Error for ConfigError {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl TokenError {
+        /// Whether two handles are the same error (waiters of one fetch share it).
+        pub(crate) fn same_as(&self, other: &TokenError) -> bool {
+            Arc::ptr_eq(&self.inner, &other.inner)
+        }
+    }
 
     fn assert_send_sync_static<T: Send + Sync + 'static>() {}
 

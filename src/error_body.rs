@@ -151,11 +151,8 @@ fn scope_named_at(message: &str, at: usize) -> Option<Scope> {
         return None; // `SCOPEADMIN`: not the word "scope"
     }
     let after = after.trim_start_matches([' ', ':', '"', '\'', '`']);
-    let word: String = after
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':'))
-        .collect();
-    let scope = Scope::from(word.trim_end_matches(':'));
+    let mut words = after.split(|c: char| !c.is_ascii_alphanumeric() && !"_-:".contains(c));
+    let scope = Scope::from(words.next()?.trim_end_matches(':'));
     (!matches!(scope, Scope::Other(_))).then_some(scope)
 }
 
