@@ -169,22 +169,28 @@ impl Forbidden {
 
 impl fmt::Display for Forbidden {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.reason {
+        let head = match &self.reason {
             ForbiddenReason::MissingScope(scope) => {
-                write!(f, "forbidden: the access token lacks the \"{scope}\" scope")?
+                format!("forbidden: the access token lacks the \"{scope}\" scope")
             }
-            ForbiddenReason::Policy => f.write_str(
-                "forbidden: no Data Pool Access Policy lets the access token read this data",
-            )?,
+            ForbiddenReason::Policy => {
+                "forbidden: no Data Pool Access Policy lets the access token read this data".into()
+            }
             ForbiddenReason::Other => {
-                f.write_str("forbidden: the access token lacks the required permissions")?
+                "forbidden: the access token lacks the required permissions".into()
             }
-        }
-        if !self.message.is_empty() {
-            write!(f, " (Propel: {})", self.message)?;
-        }
-        Ok(())
+        };
+        with_message(f, &head, &self.message)
     }
+}
+
+/// Writes `head`, then the server's message in parentheses when there is one.
+fn with_message(f: &mut fmt::Formatter<'_>, head: &str, message: &str) -> fmt::Result {
+    f.write_str(head)?;
+    if !message.is_empty() {
+        write!(f, " (Propel: {message})")?;
+    }
+    Ok(())
 }
 
 impl std::error::Error for Forbidden {}
@@ -250,8 +256,7 @@ impl Unauthorized {
     }
 
     /// Whether sending again may succeed: the rejected token was dropped (or
-    /// replaced). False with Basic credentials, a bearer token, a token fetched
-    /// to replace a rejected one, or within a cool-down of another drop.
+    /// replaced) and the next attempt carries another.
     pub fn is_transient(&self) -> bool {
         self.reason == UnauthorizedReason::Curable
     }
@@ -269,11 +274,7 @@ impl Unauthorized {
 
 impl fmt::Display for Unauthorized {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.reason.text().0)?;
-        if !self.message.is_empty() {
-            write!(f, " (Propel: {})", self.message)?;
-        }
-        Ok(())
+        with_message(f, self.reason.text().0, &self.message)
     }
 }
 
@@ -380,6 +381,7 @@ impl fmt::Display for TokenRequestField {
 /// No access token could be had.
 ///
 /// Every request that waited on one failed token request gets this same error.
+#[derive(Debug)] // everything in it is already redacted
 pub struct TokenError {
     inner: Arc<TokenErrorDetails>,
 }
@@ -387,14 +389,14 @@ pub struct TokenError {
 /// A [`TokenError`] being built, by value; shared once complete.
 #[derive(Debug)]
 pub(crate) struct TokenErrorDetails {
-    kind: TokenErrorKind,
-    status: Option<StatusCode>,
-    oauth_error: Option<String>,
-    description: Option<String>,
-    retry_after: Option<Duration>,
-    source: Option<BoxError>,
+    pub(crate) kind: TokenErrorKind,
+    pub(crate) status: Option<StatusCode>,
+    pub(crate) oauth_error: Option<String>,
+    pub(crate) description: Option<String>,
+    pub(crate) retry_after: Option<Duration>,
+    pub(crate) source: Option<BoxError>,
     /// For [`TokenErrorKind::Source`]: whether the source said trying again may help.
-    transient_source: bool,
+    pub(crate) transient_source: bool,
 }
 
 impl TokenErrorDetails {
@@ -410,24 +412,9 @@ impl TokenErrorDetails {
         }
     }
 
-    pub(crate) fn with_status(mut self, status: StatusCode) -> Self {
-        self.status = Some(status);
-        self
-    }
-
-    pub(crate) fn with_oauth_error(mut self, oauth_error: Option<String>) -> Self {
-        self.oauth_error = oauth_error;
-        self
-    }
-
     /// An `error_description`, a redacted excerpt of the body, or ours.
     pub(crate) fn with_description(mut self, description: impl Into<String>) -> Self {
         self.description = Some(description.into());
-        self
-    }
-
-    pub(crate) fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
-        self.retry_after = retry_after;
         self
     }
 
@@ -446,62 +433,52 @@ impl From<TokenErrorDetails> for TokenError {
 }
 
 impl TokenErrorKind {
-    /// (`Display`, hint, whether waiting may help)
-    fn text(self) -> (&'static str, &'static str, bool) {
+    /// (`Display`, hint)
+    fn text(self) -> (&'static str, &'static str) {
         const UNAVAILABLE: &str = "the Token API is unavailable; try again after the cool-down (retry::TransientErrors does)";
         const UNREACHABLE: &str = "check the network path to the Token API; try again after the cool-down (retry::TransientErrors does)";
         match self {
             Self::InvalidClient => (
                 "the Token API rejected the client credentials",
                 "check the Application ID (the Application must exist in this account) and confirm its secret",
-                false,
             ),
             Self::InvalidRequest => (
                 "the Token API rejected the request",
                 "check grant_type=client_credentials, the Application ID and its secret",
-                false,
             ),
             Self::UnsupportedGrantType => (
                 "the Token API does not support the grant type",
                 "send grant_type=client_credentials",
-                false,
             ),
             Self::InvalidScope => (
                 "the Token API rejected the requested scopes",
                 "request only scopes the Application has",
-                false,
             ),
             Self::UnauthorizedClient => (
                 "the Application may not use this grant",
                 "check that the Application may use the client-credentials grant",
-                false,
             ),
             Self::Rejected => (
                 "the Token API rejected the request",
                 "check the token URL, the Application ID and its secret",
-                false,
             ),
-            Self::RateLimited => ("the Token API is rate limiting", UNAVAILABLE, true),
-            Self::Server => ("the Token API failed", UNAVAILABLE, true),
-            Self::Timeout => ("the Token API did not answer in time", UNREACHABLE, true),
-            Self::Transport => ("the Token API could not be reached", UNREACHABLE, true),
+            Self::RateLimited => ("the Token API is rate limiting", UNAVAILABLE),
+            Self::Server => ("the Token API failed", UNAVAILABLE),
+            Self::Timeout => ("the Token API did not answer in time", UNREACHABLE),
+            Self::Transport => ("the Token API could not be reached", UNREACHABLE),
             Self::TlsUnavailable => (
                 "reqwest has no TLS backend for the https token URL",
                 "turn on a TLS backend: the rustls (default) or native-tls feature of tower-propel-auth, or a TLS feature of your own reqwest dependency",
-                false,
             ),
             Self::InvalidResponse => (
                 "the Token API's answer is not a usable token",
                 "check that the token URL points at Propel's Token API",
-                false,
             ),
             Self::Expired => (
                 "the access token has expired and cannot be renewed",
                 "mint a new token and build a new layer with it",
-                false,
             ),
-            // Transient when the source says so.
-            Self::Source => ("the token source failed", "see the token source's error", false),
+            Self::Source => ("the token source failed", "see the token source's error"),
         }
     }
 }
@@ -543,12 +520,6 @@ impl TokenError {
         }
     }
 
-    /// Whether two handles are the same error (waiters of one fetch share it).
-    #[cfg(test)]
-    pub(crate) fn same_as(&self, other: &TokenError) -> bool {
-        Arc::ptr_eq(&self.inner, &other.inner)
-    }
-
     /// What went wrong.
     pub fn kind(&self) -> TokenErrorKind {
         self.inner.kind
@@ -569,9 +540,39 @@ impl TokenError {
         self.inner.description.as_deref()
     }
 
-    /// Which request field to check, when the answer points at one.
+    /// Which request field to check, when the answer points at one: by the
+    /// RFC 6749 error and what its description mentions.
     pub fn field(&self) -> Option<TokenRequestField> {
-        guess_field(self.inner.kind, self.inner.description.as_deref())
+        let text = self.description().unwrap_or_default().to_ascii_lowercase();
+        let mentions = |words: &[&str]| words.iter().any(|word| text.contains(word));
+        match self.kind() {
+            TokenErrorKind::UnsupportedGrantType => Some(TokenRequestField::GrantType),
+            TokenErrorKind::InvalidScope => Some(TokenRequestField::Scope),
+            TokenErrorKind::InvalidClient
+            | TokenErrorKind::InvalidRequest
+            | TokenErrorKind::Rejected => {
+                if mentions(&["grant_type", "grant type"]) {
+                    Some(TokenRequestField::GrantType)
+                } else if mentions(&["secret"]) {
+                    Some(TokenRequestField::ClientSecret)
+                } else if mentions(&[
+                    "client_id",
+                    "client id",
+                    "application id",
+                    "unknown client",
+                    "does not exist",
+                ]) {
+                    Some(TokenRequestField::ClientId)
+                } else if mentions(&["policy_values", "policy values"]) {
+                    Some(TokenRequestField::PolicyValues)
+                } else if mentions(&["scope"]) {
+                    Some(TokenRequestField::Scope)
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        }
     }
 
     /// The `Retry-After` the Token API sent with a 429 or 503.
@@ -582,7 +583,9 @@ impl TokenError {
     /// Whether a later attempt may succeed: 429, 5xx, timeouts, transport
     /// errors, and [`TokenError::transient`] source errors; never another 4xx.
     pub fn is_transient(&self) -> bool {
-        self.inner.kind.text().2 || self.inner.transient_source
+        use TokenErrorKind::*;
+        matches!(self.kind(), RateLimited | Server | Timeout | Transport)
+            || self.inner.transient_source
     }
 
     /// The fix Propel's docs suggest, for the field at fault or else the kind.
@@ -604,58 +607,15 @@ impl TokenError {
     }
 }
 
-/// Which request field an RFC 6749 error points at, by kind and description.
-fn guess_field(kind: TokenErrorKind, description: Option<&str>) -> Option<TokenRequestField> {
-    let text = description.unwrap_or_default().to_ascii_lowercase();
-    let mentions = |words: &[&str]| words.iter().any(|word| text.contains(word));
-    match kind {
-        TokenErrorKind::UnsupportedGrantType => Some(TokenRequestField::GrantType),
-        TokenErrorKind::InvalidScope => Some(TokenRequestField::Scope),
-        TokenErrorKind::InvalidClient
-        | TokenErrorKind::InvalidRequest
-        | TokenErrorKind::Rejected => {
-            if mentions(&["grant_type", "grant type"]) {
-                Some(TokenRequestField::GrantType)
-            } else if mentions(&["secret"]) {
-                Some(TokenRequestField::ClientSecret)
-            } else if mentions(&[
-                "client_id",
-                "client id",
-                "application id",
-                "unknown client",
-                "does not exist",
-            ]) {
-                Some(TokenRequestField::ClientId)
-            } else if mentions(&["policy_values", "policy values"]) {
-                Some(TokenRequestField::PolicyValues)
-            } else if mentions(&["scope"]) {
-                Some(TokenRequestField::Scope)
-            } else {
-                None
-            }
-        }
-        _ => None,
-    }
-}
-
-impl fmt::Debug for TokenError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Everything in here is already redacted.
-        fmt::Debug::fmt(&self.inner, f)
-    }
-}
-
 impl fmt::Display for TokenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let inner = &self.inner;
         f.write_str("could not get a Propel access token: ")?;
         f.write_str(inner.kind.text().0)?;
-        if let Some(status) = inner.status {
-            write!(f, " (HTTP {}", status.as_u16())?;
-            if let Some(code) = &inner.oauth_error {
-                write!(f, ", {code}")?;
-            }
-            f.write_str(")")?;
+        match (inner.status, &inner.oauth_error) {
+            (Some(status), Some(code)) => write!(f, " (HTTP {}, {code})", status.as_u16())?,
+            (Some(status), None) => write!(f, " (HTTP {})", status.as_u16())?,
+            (None, _) => {}
         }
         if let Some(description) = &inner.description {
             write!(f, ": {description}")?;
@@ -709,11 +669,8 @@ impl ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid configuration: {} is not usable: {}",
-            self.what, self.problem
-        )
+        let Self { what, problem } = self;
+        write!(f, "invalid configuration: {what} is not usable: {problem}")
     }
 }
 
@@ -722,6 +679,13 @@ impl std::error::Error for ConfigError {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl TokenError {
+        /// Whether two handles are the same error (waiters of one fetch share it).
+        pub(crate) fn same_as(&self, other: &TokenError) -> bool {
+            Arc::ptr_eq(&self.inner, &other.inner)
+        }
+    }
 
     fn assert_send_sync_static<T: Send + Sync + 'static>() {}
 
@@ -745,11 +709,13 @@ mod tests {
     }
 
     fn invalid_client(description: &str) -> TokenError {
-        TokenErrorDetails::new(TokenErrorKind::InvalidClient)
-            .with_status(StatusCode::BAD_REQUEST)
-            .with_oauth_error(Some("invalid_client".into()))
-            .with_description(description)
-            .into()
+        TokenErrorDetails {
+            status: Some(StatusCode::BAD_REQUEST),
+            oauth_error: Some("invalid_client".into()),
+            ..TokenErrorDetails::new(TokenErrorKind::InvalidClient)
+        }
+        .with_description(description)
+        .into()
     }
 
     #[test]

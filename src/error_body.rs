@@ -80,57 +80,43 @@ struct GraphQlError {
 /// `{"error":…,"error_description":…}`, `{"message":…}`, or plain text. Never
 /// fails: anything else becomes an excerpt, `known` secrets removed ([`excerpt`]).
 pub(crate) fn parse_error_body(bytes: &[u8], known: &[&str]) -> ErrorBody {
-    let excerpt = |text: &str| excerpt(text, known);
-    if let Ok(json) = serde_json::from_slice::<JsonError>(bytes) {
-        let graphql = json.errors.map(|errors| {
-            errors
-                .into_iter()
-                .filter_map(|error| error.message)
-                .collect::<Vec<_>>()
-                .join("; ")
-        });
-        let code = match json.error {
-            Some(serde_json::Value::String(code)) => Some(code),
-            // Some servers nest: {"error":{"message":…}}
-            Some(serde_json::Value::Object(map)) => {
-                return ErrorBody {
-                    code: map.get("code").and_then(|c| c.as_str()).map(excerpt),
-                    message: map.get("message").and_then(|m| m.as_str()).map(excerpt),
-                };
-            }
-            _ => None,
+    let excerpt = |text: &str| Some(excerpt(text, known)).filter(|text| !text.is_empty());
+    let Ok(json) = serde_json::from_slice::<JsonError>(bytes) else {
+        let text = String::from_utf8_lossy(bytes);
+        // JSON cut short by the size cap no longer parses: read it as text, but
+        // without its escapes, so `\"admin\"` still reads as a quoted word.
+        let text = match text.trim_start().starts_with(['{', '[']) {
+            true => text.replace("\\\"", "\"").replace("\\\\", "\\"),
+            false => text.into_owned(),
         };
-        let message = graphql
-            .filter(|m| !m.is_empty())
-            .or(json.error_description)
-            .or(json.message);
         return ErrorBody {
-            code: code.map(|c| excerpt(&c)),
-            message: message.map(|m| excerpt(&m)).filter(|m| !m.is_empty()),
+            code: None,
+            message: excerpt(&text),
+        };
+    };
+    let field = |value: Option<&serde_json::Value>| value?.as_str().and_then(excerpt);
+    if let Some(serde_json::Value::Object(nested)) = &json.error {
+        // Some servers nest: {"error":{"code":…,"message":…}}
+        return ErrorBody {
+            code: field(nested.get("code")),
+            message: field(nested.get("message")),
         };
     }
-    let text = String::from_utf8_lossy(bytes);
-    // JSON cut short by the size cap no longer parses: read it as text, but
-    // without its escapes, so `\"admin\"` still reads as a quoted word.
-    let text = if text.trim_start().starts_with(['{', '[']) {
-        std::borrow::Cow::Owned(text.replace("\\\"", "\"").replace("\\\\", "\\"))
-    } else {
-        text
-    };
-    let message = excerpt(&text);
+    let graphql = json.errors.unwrap_or_default().into_iter();
+    let graphql: Vec<_> = graphql.filter_map(|error| error.message).collect();
+    let message = Some(graphql.join("; "))
+        .filter(|message| !message.is_empty())
+        .or(json.error_description)
+        .or(json.message);
     ErrorBody {
-        code: None,
-        message: (!message.is_empty()).then_some(message),
+        code: field(json.error.as_ref()),
+        message: message.as_deref().and_then(excerpt),
     }
 }
 
 /// Classifies a 403 body: the scope it names, a policy problem, or neither.
 pub(crate) fn forbidden_from_body(bytes: &[u8], known: &[&str]) -> Forbidden {
     let message = parse_error_body(bytes, known).message.unwrap_or_default();
-    Forbidden::new(classify_forbidden(&message), message)
-}
-
-fn classify_forbidden(message: &str) -> ForbiddenReason {
     // Propel: `… is not allowed to query Data Pool DPO…, because it lacks the
     // "data-pool:query" scope; you must add this scope …`. IDs and names come
     // first and may hold "scope" (`APP01NOSCOPE`, a Data Pool `scope admin`), so
@@ -139,12 +125,13 @@ fn classify_forbidden(message: &str) -> ForbiddenReason {
     let named = lower
         .rmatch_indices("scope")
         .filter(|&(at, _)| !is_word_char(at.checked_sub(1).map(|before| lower.as_bytes()[before])))
-        .find_map(|(at, _)| scope_named_at(message, at));
-    match named {
+        .find_map(|(at, _)| scope_named_at(&message, at));
+    let reason = match named {
         Some(scope) => ForbiddenReason::MissingScope(scope),
         None if lower.contains("policy") || lower.contains("policies") => ForbiddenReason::Policy,
         None => ForbiddenReason::Other,
-    }
+    };
+    Forbidden::new(reason, message)
 }
 
 /// Whether `byte` continues a word: a letter, a digit or `_`.
@@ -164,89 +151,58 @@ fn scope_named_at(message: &str, at: usize) -> Option<Scope> {
         return None; // `SCOPEADMIN`: not the word "scope"
     }
     let after = after.trim_start_matches([' ', ':', '"', '\'', '`']);
-    let word: String = after
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':'))
-        .collect();
-    let scope = Scope::from(word.trim_end_matches(':'));
+    let mut words = after.split(|c: char| !c.is_ascii_alphanumeric() && !"_-:".contains(c));
+    let scope = Scope::from(words.next()?.trim_end_matches(':'));
     (!matches!(scope, Scope::Other(_))).then_some(scope)
 }
 
-/// The last `"…"` (or `'…'`, `` `…` ``) quoted word in `text`, if `text` ends
-/// with it (give or take white space and the word "the").
+/// The `"…"` (or `'…'`, `` `…` ``) quoted word `text` ends with, give or take
+/// white space.
 fn quoted_before(text: &str) -> Option<&str> {
-    let text = text.trim_end();
-    let quote = text
-        .chars()
-        .last()
-        .filter(|c| matches!(c, '"' | '\'' | '`'))?;
-    let inner = &text[..text.len() - quote.len_utf8()];
-    let start = inner.rfind(quote)?;
-    let word = &inner[start + quote.len_utf8()..];
+    let inner = text.trim_end().strip_suffix(['"', '\'', '`'])?;
+    let quote = text.trim_end().chars().last()?;
+    let word = &inner[inner.rfind(quote)? + 1..];
     (!word.is_empty() && word.len() < 64).then_some(word)
 }
 
 /// A short, single-line excerpt of outside text, with the `known` secrets (the
 /// Application secret, the current token) and anything token-like `[redacted]`.
 pub(crate) fn excerpt(text: &str, known: &[&str]) -> String {
-    let mut scrubbed = std::borrow::Cow::Borrowed(text);
+    let mut scrubbed = text.to_owned();
     for secret in known.iter().filter(|secret| !secret.is_empty()) {
-        if scrubbed.contains(secret) {
-            scrubbed = std::borrow::Cow::Owned(scrubbed.replace(secret, "[redacted]"));
-        }
+        scrubbed = scrubbed.replace(secret, "[redacted]");
     }
-    let mut out = String::new();
-    let mut chars = 0;
-    for word in scrubbed.split_whitespace() {
-        if chars >= EXCERPT_CHARS {
-            out.push('…');
-            break;
-        }
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        let cleaned = redact_word(word);
-        let room = EXCERPT_CHARS - chars;
-        if cleaned.chars().count() > room {
-            out.extend(cleaned.chars().take(room));
-            out.push('…');
-            break;
-        }
-        chars += cleaned.chars().count() + 1;
-        out.push_str(&cleaned);
+    let words: Vec<_> = scrubbed.split_whitespace().map(redact_word).collect();
+    let line: String = words
+        .join(" ")
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    match line.char_indices().nth(EXCERPT_CHARS) {
+        Some((cut, _)) => format!("{}…", line[..cut].trim_end()),
+        None => line,
     }
-    out.chars().filter(|c| !c.is_control()).collect()
 }
 
 /// Replaces runs of token-like characters that look like a JWT, a bearer
 /// token or a secret: 32 or more of `[A-Za-z0-9._~+/=-]` mixing letters and
 /// digits. Application and Data Pool IDs (`APP01…`, 29 characters) survive.
-fn redact_word(word: &str) -> std::borrow::Cow<'_, str> {
+fn redact_word(word: &str) -> String {
     let is_token_char = |c: char| c.is_ascii_alphanumeric() || "._~+/=-".contains(c);
-    let mut out = String::new();
-    let mut rest = word;
-    let mut changed = false;
-    while let Some(start) = rest.find(is_token_char) {
-        let run_len = rest[start..]
-            .find(|c: char| !is_token_char(c))
-            .unwrap_or(rest.len() - start);
-        let run = &rest[start..start + run_len];
-        out.push_str(&rest[..start]);
-        let mixed =
-            run.chars().any(|c| c.is_ascii_digit()) && run.chars().any(|c| c.is_ascii_alphabetic());
-        if run.len() >= 32 && mixed || run.starts_with("eyJ") && run.len() >= 16 {
-            out.push_str("[redacted]");
-            changed = true;
-        } else {
-            out.push_str(run);
-        }
-        rest = &rest[start + run_len..];
-    }
-    if !changed {
-        return std::borrow::Cow::Borrowed(word);
-    }
-    out.push_str(rest);
-    std::borrow::Cow::Owned(out)
+    // Each piece is a run of token characters and the one character ending it.
+    let pieces = word.split_inclusive(|c: char| !is_token_char(c));
+    pieces
+        .map(|piece| {
+            let run = piece.trim_end_matches(|c: char| !is_token_char(c));
+            let mixed = run.contains(|c: char| c.is_ascii_digit())
+                && run.contains(|c: char| c.is_ascii_alphabetic());
+            if run.len() >= 32 && mixed || run.starts_with("eyJ") && run.len() >= 16 {
+                format!("[redacted]{}", &piece[run.len()..])
+            } else {
+                piece.to_owned()
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -36,14 +36,13 @@ fn answer(
     body: impl Into<Bytes>,
     truncated: bool,
 ) -> TokenHttpResponse {
-    TokenHttpResponse {
-        status: StatusCode::from_u16(status).expect("a valid status"),
-        headers,
-        body: Capped {
-            bytes: body.into(),
-            truncated,
-        },
-    }
+    let mut answer = http::Response::new(Capped {
+        bytes: body.into(),
+        truncated,
+    });
+    *answer.status_mut() = StatusCode::from_u16(status).expect("a valid status");
+    *answer.headers_mut() = headers;
+    answer
 }
 
 fn now_unix() -> i64 {

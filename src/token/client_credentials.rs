@@ -5,7 +5,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
-use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use http::{HeaderMap, StatusCode, Uri};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use tracing::Instrument as _;
@@ -50,17 +50,13 @@ pub struct ClientCredentials {
 impl ClientCredentials {
     /// Checks the configuration and makes the exchange.
     pub(crate) fn exchange(self) -> Result<Exchange, ConfigError> {
-        let token_origin = Origin::parse(&self.token_url, "the token URL")?;
-        if token_origin.is_insecure() {
+        if Origin::parse(&self.token_url, "the token URL")?.is_insecure() {
             return Err(ConfigError::invalid(
                 "the token URL",
                 "it is plain http to a host that is not loopback; the secret would travel in clear text",
             ));
         }
-        let token_url: Uri = self
-            .token_url
-            .parse()
-            .map_err(|_| ConfigError::invalid("the token URL", "it is not a URL"))?;
+        let token_url: Uri = self.token_url.parse().expect("Origin::parse parsed it");
         let http =
             match self.http {
                 Some(http) => http,
@@ -107,7 +103,7 @@ impl TokenSource for Exchange {
         Box::pin(
             async move {
                 let response = http.send(request).await?;
-                tracing::Span::current().record("status", response.status.as_u16());
+                tracing::Span::current().record("status", response.status().as_u16());
                 token_from_response(response, &[secret.expose_secret()])
             }
             .instrument(span),
@@ -130,17 +126,14 @@ impl Exchange {
             form.push(("policy_values", values));
         }
         let body = serde_urlencoded::to_string(&form).expect("string pairs always encode");
-        let mut request = http::Request::new(Bytes::from(body));
-        *request.method_mut() = Method::POST;
-        *request.uri_mut() = self.token_url.clone();
-        let headers = request.headers_mut();
-        headers.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/x-www-form-urlencoded"),
-        );
-        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        let mut request = http::Request::post(self.token_url.clone())
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(ACCEPT, "application/json")
+            .body(Bytes::from(body))
+            .expect("a parsed URI and valid headers");
         if self.client_auth == ClientAuth::BasicHeader {
-            headers.insert(AUTHORIZATION, self.credentials.basic_header());
+            let basic = self.credentials.basic_header();
+            request.headers_mut().insert(AUTHORIZATION, basic);
         }
         request
     }
@@ -160,44 +153,41 @@ pub(crate) fn token_from_response(
     known: &[&str],
 ) -> Result<AccessToken, TokenError> {
     let excerpt = |text: &str| excerpt(text, known);
-    let TokenHttpResponse {
-        status,
-        headers,
-        body,
-    } = response;
+    let (status, body) = (response.status(), response.body());
+    let details = |kind| TokenErrorDetails {
+        status: Some(status),
+        ..TokenErrorDetails::new(kind)
+    };
     if status.is_success() {
+        let invalid = |what: String| -> TokenError {
+            details(TokenErrorKind::InvalidResponse)
+                .with_description(what)
+                .into()
+        };
         if body.truncated {
-            return Err(TokenErrorDetails::new(TokenErrorKind::InvalidResponse)
-                .with_description("the answer is larger than 64 KiB")
-                .with_status(status)
-                .into());
+            return Err(invalid("the answer is larger than 64 KiB".into()));
         }
         let parsed: TokenBody = serde_json::from_slice(&body.bytes).map_err(|err| {
-            TokenErrorDetails::new(TokenErrorKind::InvalidResponse)
-                .with_description(format!(
-                    "the answer is not the expected JSON ({})",
-                    excerpt(&err.to_string())
-                ))
-                .with_status(status)
+            invalid(format!(
+                "the answer is not the expected JSON ({})",
+                excerpt(&err.to_string())
+            ))
         })?;
         let token = parsed
             .access_token
             .filter(|token| !token.is_empty())
-            .ok_or_else(|| TokenError::invalid_response("the answer has no access_token"))?;
+            .ok_or_else(|| invalid("the answer has no access_token".into()))?;
         if let Some(kind) = parsed
             .token_type
             .filter(|kind| !kind.eq_ignore_ascii_case("bearer"))
         {
-            return Err(TokenError::invalid_response(format!(
-                "the token_type is {:?}, not Bearer",
-                excerpt(&kind)
-            )));
+            let kind = excerpt(&kind);
+            return Err(invalid(format!("the token_type is {kind:?}, not Bearer")));
         }
-        let expires_in = parsed.expires_in.and_then(|value| match value {
-            serde_json::Value::Number(n) => n.as_f64(),
-            serde_json::Value::String(s) => s.trim().parse().ok(),
-            _ => None,
-        });
+        // A number, or a number in a string.
+        let expires_in = parsed
+            .expires_in
+            .and_then(|v| v.as_f64().or_else(|| v.as_str()?.trim().parse().ok()));
         return AccessToken::from_response(token, expires_in);
     }
     let parsed = parse_error_body(&body.bytes, known);
@@ -216,38 +206,17 @@ pub(crate) fn token_from_response(
         s if s.is_redirection() => TokenErrorKind::Rejected,
         _ => TokenErrorKind::Server,
     };
-    let mut err = TokenErrorDetails::new(kind)
-        .with_status(status)
-        .with_oauth_error(parsed.code)
-        .with_retry_after(retry_after(&headers));
-    if let Some(message) = parsed.message {
-        err = err.with_description(message);
+    Err(TokenErrorDetails {
+        oauth_error: parsed.code,
+        description: parsed.message,
+        retry_after: retry_after(response.headers()),
+        ..details(kind)
     }
-    Err(err.into())
+    .into())
 }
 
-/// A Token API error from an answer, for other modules' tests.
-#[cfg(test)]
-pub(crate) fn token_error_for_test(answer: http::Response<Bytes>) -> TokenError {
-    let (parts, bytes) = answer.into_parts();
-    let response = TokenHttpResponse {
-        status: parts.status,
-        headers: parts.headers,
-        body: crate::error_body::Capped {
-            bytes,
-            truncated: false,
-        },
-    };
-    token_from_response(response, &[]).expect_err("not a success")
-}
-
-/// The most a `Retry-After` is honoured: a server asking for more gets a
-/// retry after a minute.
-pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
-
-/// `Retry-After` in seconds, at most [`MAX_RETRY_AFTER`] (the HTTP-date form
-/// is not honoured: it needs a clock the server shares, and the backoff
-/// covers it).
+/// `Retry-After` in seconds, at most a minute (the HTTP-date form is not
+/// honoured: it needs a clock the server shares, and the backoff covers it).
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let secs: u64 = headers
         .get(RETRY_AFTER)?
@@ -256,27 +225,36 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .trim()
         .parse()
         .ok()?;
-    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+    Some(Duration::from_secs(secs.min(60)))
+}
+
+/// A Token API error from an answer, for other modules' tests.
+#[cfg(test)]
+pub(crate) fn token_error_for_test(answer: http::Response<Bytes>) -> TokenError {
+    let response = answer.map(|bytes| crate::error_body::Capped {
+        bytes,
+        truncated: false,
+    });
+    token_from_response(response, &[]).expect_err("not a success")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::error_body::Capped;
+    use http::HeaderValue;
 
     fn token_from_response_(response: TokenHttpResponse) -> Result<AccessToken, TokenError> {
         token_from_response(response, &[])
     }
 
     fn answer(status: u16, body: &str) -> TokenHttpResponse {
-        TokenHttpResponse {
-            status: StatusCode::from_u16(status).unwrap(),
-            headers: HeaderMap::new(),
-            body: Capped {
-                bytes: Bytes::copy_from_slice(body.as_bytes()),
-                truncated: false,
-            },
-        }
+        let mut answer = http::Response::new(Capped {
+            bytes: Bytes::copy_from_slice(body.as_bytes()),
+            truncated: false,
+        });
+        *answer.status_mut() = StatusCode::from_u16(status).unwrap();
+        answer
     }
 
     #[test]
@@ -348,7 +326,7 @@ mod tests {
     fn retry_after_is_read_in_seconds() {
         let mut response = answer(503, "");
         response
-            .headers
+            .headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from_static("7"));
         let err = token_from_response(response, &[]).unwrap_err();
         assert_eq!(err.retry_after(), Some(Duration::from_secs(7)));

@@ -1,9 +1,6 @@
 //! [`TokenHttpClient`]: the HTTP client token requests go through.
 
-use std::fmt;
-
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
 use http_body::Body;
 use http_body_util::Full;
 use tower::util::BoxCloneSyncService;
@@ -13,12 +10,7 @@ use crate::error::{TokenError, TokenErrorDetails, TokenErrorKind};
 use crate::error_body::{read_capped, Capped};
 
 /// A Token API answer with its body read up to the cap.
-#[derive(Debug)]
-pub(crate) struct TokenHttpResponse {
-    pub(crate) status: StatusCode,
-    pub(crate) headers: HeaderMap,
-    pub(crate) body: Capped,
-}
+pub(crate) type TokenHttpResponse = http::Response<Capped>;
 
 /// The HTTP client for token requests
 /// ([`TokenLayerBuilder::http_client`](crate::TokenLayerBuilder::http_client)):
@@ -37,7 +29,7 @@ pub(crate) struct TokenHttpResponse {
 /// let for_tokens = TokenHttpClient::new(hyper);
 /// # let _ = for_tokens;
 /// ```
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct TokenHttpClient {
     service: BoxCloneSyncService<http::Request<Bytes>, TokenHttpResponse, BoxError>,
 }
@@ -46,11 +38,8 @@ impl TokenHttpClient {
     /// Any tower service over `http::Request<Full<Bytes>>`.
     pub fn new<S, RB>(service: S) -> Self
     where
-        S: Service<http::Request<Full<Bytes>>, Response = http::Response<RB>>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
+        S: Service<http::Request<Full<Bytes>>, Response = http::Response<RB>>,
+        S: Clone + Send + Sync + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
         RB: Body + Send + 'static,
@@ -65,11 +54,7 @@ impl TokenHttpClient {
                     .await
                     .map_err(Into::into)?;
                 let (parts, body) = response.into_parts();
-                Ok(TokenHttpResponse {
-                    status: parts.status,
-                    headers: parts.headers,
-                    body: read_capped(body).await?,
-                })
+                Ok(http::Response::from_parts(parts, read_capped(body).await?))
             }
         });
         Self {
@@ -89,19 +74,19 @@ impl TokenHttpClient {
         Ok(Self::from(client))
     }
 
-    /// Sends a token request. A failure is a `Transport` error unless the
-    /// client already made it a typed [`TokenError`] (no TLS backend).
+    /// Sends a token request. A failure is a `Transport` error, or
+    /// `TlsUnavailable` when reqwest has no TLS backend for an https URL.
     pub(crate) async fn send(
         &self,
         request: http::Request<Bytes>,
     ) -> Result<TokenHttpResponse, TokenError> {
+        let https = request.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
         self.service.clone().oneshot(request).await.map_err(|err| {
-            match err.downcast::<TokenError>() {
-                Ok(typed) => *typed,
-                Err(err) => TokenErrorDetails::new(TokenErrorKind::Transport)
-                    .with_cause(err)
-                    .into(),
-            }
+            let kind = match https && lacks_tls(&err) {
+                true => TokenErrorKind::TlsUnavailable,
+                false => TokenErrorKind::Transport,
+            };
+            TokenErrorDetails::new(kind).with_cause(err).into()
         })
     }
 }
@@ -115,23 +100,9 @@ impl From<reqwest::Client> for TokenHttpClient {
         let service = tower::service_fn(move |request: http::Request<Bytes>| {
             let client = client.clone();
             async move {
-                let https = request.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
-                let request = reqwest::Request::try_from(request)?;
-                let response = client.execute(request).await.map_err(|err| -> BoxError {
-                    if https && lacks_tls(&err) {
-                        Box::new(TokenError::from(
-                            TokenErrorDetails::new(TokenErrorKind::TlsUnavailable).with_cause(err),
-                        ))
-                    } else {
-                        Box::new(err)
-                    }
-                })?;
+                let response = client.execute(reqwest::Request::try_from(request)?).await?;
                 let (parts, body) = http::Response::<reqwest::Body>::from(response).into_parts();
-                Ok::<_, BoxError>(TokenHttpResponse {
-                    status: parts.status,
-                    headers: parts.headers,
-                    body: read_capped(body).await?,
-                })
+                Ok::<_, BoxError>(http::Response::from_parts(parts, read_capped(body).await?))
             }
         });
         Self {
@@ -144,15 +115,15 @@ impl From<reqwest::Client> for TokenHttpClient {
 /// `HttpConnector` fails with this message before connecting, and as hyper-util
 /// does not export the error's type, the text is the only sign (tests/tls.rs).
 #[cfg(feature = "reqwest")]
-fn lacks_tls(err: &reqwest::Error) -> bool {
-    let first: &(dyn std::error::Error + 'static) = err;
-    err.is_connect()
+fn lacks_tls(err: &BoxError) -> bool {
+    let first: &(dyn std::error::Error + 'static) = &**err;
+    err.downcast_ref().is_some_and(reqwest::Error::is_connect)
         && std::iter::successors(Some(first), |cause| cause.source())
             .any(|cause| cause.to_string() == "invalid URL, scheme is not http")
 }
 
-impl fmt::Debug for TokenHttpClient {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenHttpClient").finish_non_exhaustive()
-    }
+/// Without reqwest, only a [`TokenHttpClient::new`] service sends: its errors are its own.
+#[cfg(not(feature = "reqwest"))]
+fn lacks_tls(_: &BoxError) -> bool {
+    false
 }

@@ -1811,17 +1811,20 @@ enum AnswerFor {
 
 fn failed(failure: &Failure, fetch: usize) -> TokenError {
     let tag = format!("model failure #{fetch}");
-    let details = |kind, status| TokenErrorDetails::new(kind).with_status(status);
+    let details = |kind, status| TokenErrorDetails {
+        status: Some(status),
+        ..TokenErrorDetails::new(kind)
+    };
     match failure {
         Failure::Server => details(TokenErrorKind::Server, StatusCode::SERVICE_UNAVAILABLE)
             .with_description(tag)
             .into(),
-        Failure::RateLimited(retry_after) => {
-            details(TokenErrorKind::RateLimited, StatusCode::TOO_MANY_REQUESTS)
-                .with_retry_after(retry_after.map(Duration::from_secs))
-                .with_description(tag)
-                .into()
+        Failure::RateLimited(retry_after) => TokenErrorDetails {
+            retry_after: retry_after.map(Duration::from_secs),
+            ..details(TokenErrorKind::RateLimited, StatusCode::TOO_MANY_REQUESTS)
         }
+        .with_description(tag)
+        .into(),
         Failure::InvalidClient => details(TokenErrorKind::InvalidClient, StatusCode::BAD_REQUEST)
             .with_description(tag)
             .into(),
