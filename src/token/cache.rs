@@ -29,7 +29,7 @@ use arc_swap::ArcSwapOption;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt as _;
 use http::HeaderValue;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret as _, SecretString};
 use tokio::sync::watch;
 use tracing::Instrument as _;
 
@@ -493,7 +493,7 @@ impl CacheInner {
 
     /// One token request (through the second level, if any), under the
     /// fetch timeout, in its tracing span.
-    async fn fetch(&self, previous: Option<AccessToken>) -> Result<AccessToken, TokenError> {
+    async fn fetch(&self, previous: Option<&AccessToken>) -> Result<AccessToken, TokenError> {
         let config = &self.config;
         let Supply::Minted(source) = &config.supply else {
             unreachable!("only renewable caches start flights")
@@ -506,9 +506,7 @@ impl CacheInner {
         let started = std::time::Instant::now();
         let fetch = match &config.second_level {
             // It counts the token requests it makes: a token from the store is none.
-            Some(second) => {
-                second.fetch(&**source, &self.params, previous.as_ref(), &config.counters)
-            }
+            Some(second) => second.fetch(&**source, &self.params, previous, &config.counters),
             None => {
                 Counters::bump(&config.counters.token_requests);
                 source.fetch_token(&self.params)
@@ -539,7 +537,12 @@ impl CacheInner {
     /// instead of joining this one. A flight that a newer one replaced
     /// answers its own waiters, and publishes its token only if the cache has
     /// none usable.
-    fn finish(&self, flight: u64, result: Result<AccessToken, TokenError>) {
+    fn finish(
+        &self,
+        flight: u64,
+        result: Result<AccessToken, TokenError>,
+        asked_with: Option<&AccessToken>,
+    ) {
         let now = self.config.clock.now();
         let mut slow = self.lock_slow();
         let current_flight = matches!(slow.phase, Phase::Fetching { flight: f, .. } if f == flight);
@@ -553,12 +556,21 @@ impl CacheInner {
             Ok((token, deadlines)) => {
                 slow.counter += 1;
                 let current = self.current.load_full();
+                // Nothing current after an entry was there: a 401 dropped it.
+                let rejected = slow.previous.as_ref().filter(|_| current.is_none());
                 let entry = Arc::new(Entry {
-                    // Nothing current after an entry was there: a 401 dropped it.
-                    replaces_rejected: current.is_none() && slow.previous.is_some(),
+                    replaces_rejected: rejected.is_some(),
                     ..Entry::new(slow.counter, token, now, deadlines)
                 });
-                if current_flight || self.usable(now).is_none() {
+                // A flight that read the shared store before the 401 may
+                // bring the rejected token back: publishing it would drop it
+                // again. The next flight asks with it, so the store refuses
+                // it. (A source that answers the token it was told is
+                // rejected gets its answer published, paced by the cool-down.)
+                let rejected_again = rejected
+                    .is_some_and(|rejected| same(&rejected.token, &entry.token))
+                    && !asked_with.is_some_and(|asked_with| same(asked_with, &entry.token));
+                if !rejected_again && (current_flight || self.usable(now).is_none()) {
                     if let Some(replaced) = current {
                         slow.previous = Some(replaced);
                     }
@@ -680,13 +692,13 @@ struct FlightGuard {
 
 impl FlightGuard {
     async fn run(mut self, previous: Option<AccessToken>) {
-        let fetch = std::panic::AssertUnwindSafe(self.cache.fetch(previous));
+        let fetch = std::panic::AssertUnwindSafe(self.cache.fetch(previous.as_ref()));
         let result = fetch.catch_unwind().await.unwrap_or_else(|_| {
             tracing::error!("the token source panicked");
             Err(TokenError::permanent("the token source panicked"))
         });
         self.ended = true;
-        self.cache.finish(self.flight, result);
+        self.cache.finish(self.flight, result, previous.as_ref());
     }
 }
 
@@ -697,6 +709,10 @@ impl Drop for FlightGuard {
             self.cache.abandon(self.flight);
         }
     }
+}
+
+fn same(a: &AccessToken, b: &AccessToken) -> bool {
+    a.secret().expose_secret() == b.secret().expose_secret()
 }
 
 /// The error of a fetch dropped with its runtime before it answered: worth

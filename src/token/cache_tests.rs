@@ -700,7 +700,7 @@ async fn the_end_of_an_older_flight_never_erases_a_newer_one() {
     let earlier = cache.inner.lock_slow().counter - 1;
     cache
         .inner
-        .finish(earlier, Err(TokenError::new(TokenErrorKind::Server)));
+        .finish(earlier, Err(TokenError::new(TokenErrorKind::Server)), None);
     {
         let slow = cache.inner.lock_slow();
         assert!(

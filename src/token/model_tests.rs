@@ -1947,3 +1947,62 @@ fn the_token_cache_agrees_with_its_model() {
 fn the_token_cache_agrees_with_its_model_at_length() {
     run_model(100_000);
 }
+
+/// Found by the model (seed 15461865804604141228): a flight that read the
+/// shared store before a 401 dropped the token brought that token back, and
+/// its republication cost a second drop and a second token request.
+#[cfg(feature = "shared-cache")]
+#[test]
+fn a_flight_that_read_the_store_before_a_401_does_not_publish_the_rejected_token() {
+    use Op::*;
+    let req = |layer, set, latency| Request {
+        layer,
+        set,
+        latency,
+    };
+    let case = Case {
+        layers: 3,
+        healthy_store: true,
+        max_token_sets: 3,
+        ops: vec![
+            req(0, 1, 0),
+            Complete {
+                fetch: Pick(0),
+                lifetime: 3,
+            },
+            req(1, 0, 0),
+            Lose(Pick(0)),
+            req(0, 0, 0),
+            req(1, 0, 0),
+            Complete {
+                fetch: Pick(133),
+                lifetime: 3,
+            },
+            To {
+                target: Pick(48),
+                offset: 0,
+                wall: true,
+                read: true,
+            },
+            req(1, 0, 2),
+            Complete {
+                fetch: Pick(103),
+                lifetime: 0,
+            },
+            Complete {
+                fetch: Pick(0),
+                lifetime: 0,
+            },
+            Revoke(Pick(1)),
+            req(0, 0, 0),
+            req(0, 0, 0),
+            req(1, 0, 1),
+            req(0, 0, 0),
+            Complete {
+                fetch: Pick(0),
+                lifetime: 0,
+            },
+        ],
+    };
+    run_case(&case).unwrap();
+}
