@@ -9,7 +9,7 @@ use http::header::AUTHORIZATION;
 use http::HeaderValue;
 use tower::{BoxError, Service};
 
-use crate::error::{Error, InsecureTransport};
+use crate::error::Error;
 use crate::future::{ResponseFuture, Sent};
 use crate::layer::Shared;
 use crate::message::{AuthRequest, AuthResponse};
@@ -169,28 +169,10 @@ where
     fn call(&mut self, mut request: Req) -> Self::Future {
         let route = self.shared.route(&mut request, self.params.as_ref(), || {
             let entry = self.current.load().as_deref();
-            (
-                self.default.clone(),
-                entry.and_then(|entry| self.default.check(entry)),
-            )
+            let cached = entry.and_then(|entry| self.default.check(entry));
+            (self.default.clone(), cached)
         });
-        match route {
-            Route::Attach(header, sent) => {
-                ResponseFuture::send(&mut self.inner, request, header, sent)
-            }
-            Route::PassThrough => ResponseFuture::passed_through(self.inner.call(request)),
-            Route::Insecure(origin) => {
-                ResponseFuture::failed(Error::InsecureTransport(InsecureTransport::new(origin)))
-            }
-            Route::Wait(cache) => {
-                // Give back what `poll_ready` reserved (a concurrency permit,
-                // a buffer slot) while the request waits: the future readies
-                // a clone once the credential is here.
-                let unready = self.inner.clone();
-                self.inner = unready.clone();
-                ResponseFuture::awaiting_token(cache, request, unready)
-            }
-        }
+        ResponseFuture::new(route, &mut self.inner, request)
     }
 }
 
