@@ -14,11 +14,10 @@ use pin_project_lite::pin_project;
 use secrecy::ExposeSecret as _;
 use tower::{BoxError, Service};
 
-use crate::error::{Error, InsecureTransport, TokenError, Unauthorized};
+use crate::error::{Error, TokenError, Unauthorized};
 use crate::error_body::{forbidden_from_body, parse_error_body};
 use crate::message::sealed::Response as _;
 use crate::message::{AuthRequest, AuthResponse};
-use crate::service::Route;
 use crate::stats::Counters;
 use crate::token::cache::{Entry, TokenCache};
 
@@ -81,36 +80,42 @@ pub(crate) struct Parked<S, Req> {
 
 impl<S, Req> ResponseFuture<S, Req>
 where
-    S: Service<Req> + Clone,
-    Req: AuthRequest,
+    S: Service<Req>,
 {
-    /// Starts `request` on its `route`; `service` must be ready.
-    pub(crate) fn new(route: Route, service: &mut S, request: Req) -> Self {
-        let state = match route {
-            Route::Attach(header, sent) => State::send(service, request, header, sent),
-            Route::PassThrough => State::Calling {
-                future: service.call(request),
-                sent: None,
+    /// Attaches `header` and sends `request`; `service` must be ready.
+    pub(crate) fn send(service: &mut S, request: Req, header: HeaderValue, sent: Sent) -> Self
+    where
+        Req: AuthRequest,
+    {
+        Self {
+            state: State::send(service, request, header, sent),
+        }
+    }
+
+    /// A request sent without credentials.
+    pub(crate) fn passed_through(future: S::Future) -> Self {
+        Self {
+            state: State::Calling { future, sent: None },
+        }
+    }
+
+    /// Waits for `cache`'s credential, then readies `service` and sends.
+    pub(crate) fn awaiting_token(cache: TokenCache, request: Req, service: S) -> Self {
+        Self {
+            state: State::await_token(Parked {
+                request,
+                service,
+                cache,
+            }),
+        }
+    }
+
+    pub(crate) fn failed(error: Error) -> Self {
+        Self {
+            state: State::Failing {
+                error: Box::pin(std::future::ready(error)),
             },
-            Route::Insecure(origin) => State::Failing {
-                error: Box::pin(std::future::ready(Error::InsecureTransport(
-                    InsecureTransport::new(origin),
-                ))),
-            },
-            Route::Wait(cache) => {
-                // Give back what `poll_ready` reserved (a concurrency permit,
-                // a buffer slot) while the request waits: the future readies
-                // a clone once the credential is here.
-                let unready = service.clone();
-                *service = unready.clone();
-                State::await_token(Parked {
-                    request,
-                    service: unready,
-                    cache,
-                })
-            }
-        };
-        Self { state }
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use http::header::AUTHORIZATION;
 use http::HeaderValue;
 use tower::{BoxError, Service};
 
-use crate::error::Error;
+use crate::error::{Error, InsecureTransport};
 use crate::future::{ResponseFuture, Sent};
 use crate::layer::Shared;
 use crate::message::{AuthRequest, AuthResponse};
@@ -172,7 +172,23 @@ where
             let cached = entry.and_then(|entry| self.default.check(entry));
             (self.default.clone(), cached)
         });
-        ResponseFuture::new(route, &mut self.inner, request)
+        match route {
+            Route::Attach(header, sent) => {
+                ResponseFuture::send(&mut self.inner, request, header, sent)
+            }
+            Route::PassThrough => ResponseFuture::passed_through(self.inner.call(request)),
+            Route::Insecure(origin) => {
+                ResponseFuture::failed(Error::InsecureTransport(InsecureTransport::new(origin)))
+            }
+            Route::Wait(cache) => {
+                // Give back what `poll_ready` reserved (a concurrency permit,
+                // a buffer slot) while the request waits: the future readies
+                // a clone once the credential is here.
+                let unready = self.inner.clone();
+                self.inner = unready.clone();
+                ResponseFuture::awaiting_token(cache, request, unready)
+            }
+        }
     }
 }
 
