@@ -130,12 +130,10 @@ impl PropelAuthLayer {
         I: IntoIterator,
         I::Item: AsRef<str>,
     {
-        let shared = Shared {
-            store: Arc::clone(&self.shared.store),
-            origins: AllowedOrigins::parse(urls)?,
-        };
+        let store = Arc::clone(&self.shared.store);
+        let origins = AllowedOrigins::parse(urls)?;
         Ok(Self {
-            shared: Arc::new(shared),
+            shared: Arc::new(Shared { store, origins }),
             params: self.params,
         })
     }

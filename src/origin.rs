@@ -147,9 +147,14 @@ impl AllowedOrigins {
         }) {
             return Decision::Attach;
         }
-        let (Some(host), port) = parts() else {
-            return Decision::PassThrough;
-        };
+        match parts() {
+            (Some(host), port) => self.check(scheme, host, port),
+            (None, _) => Decision::PassThrough,
+        }
+    }
+
+    /// The full check, for a target the string comparisons did not match.
+    fn check(&self, scheme: &str, host: &str, port: Option<u16>) -> Decision {
         let https = scheme.eq_ignore_ascii_case("https");
         let port = port.unwrap_or(if https { 443 } else { 80 });
         let host = host.trim_start_matches('[').trim_end_matches(']');
