@@ -135,8 +135,7 @@ where
                 StateProj::Calling { future, sent } => {
                     let response =
                         ready!(future.poll(cx)).map_err(|err| Error::Service(err.into()))?;
-                    let status = response.status();
-                    if status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN {
+                    if !matches!(response.status().as_u16(), 401 | 403) {
                         return Poll::Ready(Ok(response));
                     }
                     match sent.take() {
@@ -153,11 +152,9 @@ where
                     }
                 }
                 StateProj::Readying { parked } => {
-                    let waiting = parked.as_mut().expect("polled after completion");
-                    ready!(waiting.service.poll_ready(cx))
-                        .map_err(|err| Error::Service(err.into()))?;
-                    let parked = parked.take().expect("polled after completion");
-                    State::send_parked(*parked)
+                    let service = &mut parked.as_mut().expect("polled after completion").service;
+                    ready!(service.poll_ready(cx)).map_err(|err| Error::Service(err.into()))?;
+                    State::send_parked(*parked.take().expect("polled after completion"))
                 }
                 StateProj::Failing { error } => {
                     return Poll::Ready(Err(ready!(error.as_mut().poll(cx))))

@@ -49,9 +49,9 @@ use crate::{AccessToken, Credentials, PropelAuth, Settings, TokenParams, TokenSo
 /// ```
 #[derive(Clone)]
 pub struct PropelAuthLayer {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     /// A tenant view's parameters ([`with_params`](Self::with_params)).
-    params: Option<TokenParams>,
+    pub(crate) params: Option<TokenParams>,
 }
 
 /// What every service of one layer, and every view of it, shares.
@@ -130,12 +130,10 @@ impl PropelAuthLayer {
         I: IntoIterator,
         I::Item: AsRef<str>,
     {
-        let shared = Shared {
-            store: Arc::clone(&self.shared.store),
-            origins: AllowedOrigins::parse(urls)?,
-        };
+        let store = Arc::clone(&self.shared.store);
+        let origins = AllowedOrigins::parse(urls)?;
         Ok(Self {
-            shared: Arc::new(shared),
+            shared: Arc::new(Shared { store, origins }),
             params: self.params,
         })
     }
@@ -170,17 +168,6 @@ impl PropelAuthLayer {
             shared: Arc::clone(&self.shared),
             params: Some(params),
         }
-    }
-
-    #[cfg(any(test, feature = "reqwest-middleware"))]
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
-
-    /// A tenant view's parameters.
-    #[cfg(feature = "reqwest-middleware")]
-    pub(crate) fn params(&self) -> Option<&TokenParams> {
-        self.params.as_ref()
     }
 
     /// The counters of this layer, its clones, its views and their services.
@@ -252,7 +239,7 @@ impl fmt::Debug for PropelAuthLayer {
 ///     .build()?;
 /// # let _ = layer; Ok(()) }
 /// ```
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct TokenLayerBuilder<Source = ClientCredentials> {
     source: Source,
     params: TokenParams,
@@ -292,17 +279,13 @@ mod sealed {
     impl IntoSource for super::ClientCredentials {
         fn into_config(self, settings: &Settings) -> Result<CacheConfig, ConfigError> {
             #[cfg(feature = "shared-cache")]
-            let second_level = match &self.shared_cache {
-                Some(shared) => {
-                    Some(shared.second_level(&self.credentials, &self.token_url, settings)?)
-                }
-                None => None,
-            };
+            let second_level = (self.shared_cache.as_ref())
+                .map(|shared| shared.second_level(&self.credentials, &self.token_url, settings))
+                .transpose()?;
             #[cfg(not(feature = "shared-cache"))]
             let _ = settings;
-            let secret = self.credentials.secret().clone();
             Ok(CacheConfig {
-                secret: Some(secret),
+                secret: Some(self.credentials.secret().clone()),
                 #[cfg(feature = "shared-cache")]
                 second_level,
                 ..CacheConfig::new(Supply::Minted(std::sync::Arc::new(self.exchange()?)))
@@ -417,17 +400,6 @@ impl TokenLayerBuilder<ClientCredentials> {
     }
 }
 
-impl<Source: fmt::Debug> fmt::Debug for TokenLayerBuilder<Source> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenLayerBuilder")
-            .field("source", &self.source)
-            .field("params", &self.params)
-            .field("origins", &self.origins)
-            .field("settings", &self.settings)
-            .finish()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,7 +426,7 @@ mod tests {
         let clone = layer.clone();
         assert!(Arc::ptr_eq(&layer.shared, &clone.shared));
         let service: PropelAuth<()> = clone.layer(());
-        assert!(Arc::ptr_eq(&layer.shared, service.shared()));
+        assert!(Arc::ptr_eq(&layer.shared, &service.shared));
     }
 
     #[test]

@@ -39,18 +39,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! # Which constructor
-//!
-//! | you are | use |
-//! |---|---|
-//! | a trusted back end | [`PropelAuthLayer::basic`]: ID and secret on every request |
-//! | any service that should hold only short-lived tokens | [`PropelAuthLayer::client_credentials`] |
-//! | a front end handed a token by its back end | [`PropelAuthLayer::bearer`] |
-//! | getting tokens some other way | [`PropelAuthLayer::token_source`] |
-//!
-//! A token per tenant: a tenant view, [`PropelAuthLayer::with_params`], for
-//! any client (`reqwest::Client` included); `http::Request`s may also carry
-//! [`TokenParams`] in their extensions.
+//! [`PropelAuthLayer`] says which constructor fits whom; a tenant view,
+//! [`PropelAuthLayer::with_params`], gives any client a token per tenant.
 //!
 //! # Errors
 //!
@@ -108,9 +98,8 @@ pub mod testing;
 #[cfg(test)]
 mod proptests;
 
-// The README's snippets, compiled (and run, unless `no_run`) as doc tests so
-// that they cannot drift from the code. One of them is the fleet's, which
-// needs feature `redis`: they run with it (`--all-features` in `.ci/run`).
+// The README's snippets as doc tests, so they cannot drift from the code; the
+// fleet's needs feature `redis`.
 #[cfg(all(doctest, feature = "redis"))]
 #[doc = include_str!("../README.md")]
 mod readme_doctests {}

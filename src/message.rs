@@ -55,7 +55,9 @@ impl<B> AuthRequest for http::Request<B> {}
 impl<B> sealed::Request for http::Request<B> {
     #[inline]
     fn decide(&self, origins: &AllowedOrigins) -> Decision {
-        origins.decide_uri(self.uri())
+        let uri = self.uri();
+        let authority = uri.authority().map(|authority| authority.as_str());
+        origins.decide(uri.scheme_str(), authority, || (uri.host(), uri.port_u16()))
     }
 
     #[inline]
@@ -106,10 +108,9 @@ impl sealed::Request for reqwest::Request {
     #[inline]
     fn decide(&self, origins: &AllowedOrigins) -> Decision {
         let url = self.url();
-        if origins.is_allowed_authority(url.scheme() == "https", url.authority()) {
-            return Decision::Attach;
-        }
-        origins.decide(Some(url.scheme()), url.host_str(), url.port())
+        origins.decide(Some(url.scheme()), Some(url.authority()), || {
+            (url.host_str(), url.port())
+        })
     }
 
     #[inline]

@@ -26,16 +26,13 @@
 //! # Ok(()) }
 //! ```
 
-use std::sync::Arc;
-
 use http::Extensions;
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 
 use crate::error::{Error, InsecureTransport};
-use crate::future::{attach, rejection, Sent};
-use crate::layer::Shared;
-use crate::service::{Place, Route};
+use crate::future::{attach, rejection};
+use crate::service::Route;
 use crate::token::cache::Supply;
 use crate::{PropelAuthLayer, TokenParams};
 
@@ -104,16 +101,34 @@ pub fn propel_error(err: &reqwest_middleware::Error) -> Option<&Error> {
 impl Middleware for PropelAuthMiddleware {
     async fn handle(
         &self,
-        request: Request,
+        mut request: Request,
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
         let params = extensions.get::<TokenParams>().cloned();
-        let params = params.as_ref().or(self.layer.params());
-        let (mut request, mut first, mut copy) = (request, true, None);
+        let params = params.as_ref().or(self.layer.params.as_ref());
+        let shared = &self.layer.shared;
+        let default = || {
+            let cache = shared.store.default_cache();
+            (cache.clone(), cache.cached())
+        };
+        let (mut first, mut copy) = (true, None);
         loop {
-            let Some((header, sent)) = route(self.layer.shared(), &request, params).await? else {
-                return next.run(request, extensions).await;
+            let (header, sent) = match shared.route(&mut request, params, default) {
+                Route::Attach(header, sent) => (header, sent),
+                Route::PassThrough => return next.run(request, extensions).await,
+                Route::Insecure(origin) => {
+                    let err = Error::InsecureTransport(InsecureTransport::new(origin));
+                    return Err(reqwest_middleware::Error::middleware(err));
+                }
+                // Waits, then looks again: the token may have gone stale or
+                // been dropped by a 401 in between.
+                Route::Wait(cache) => {
+                    let waited = cache.wait().await;
+                    waited
+                        .map_err(|err| reqwest_middleware::Error::middleware(Error::Token(err)))?;
+                    continue;
+                }
             };
             // A 401 on a renewable token may be cured by the next attempt:
             // keep a copy to send it with, the first time only.
@@ -135,37 +150,6 @@ impl Middleware for PropelAuthMiddleware {
                 }
                 (err, _) => return Err(reqwest_middleware::Error::middleware(err)),
             }
-        }
-    }
-}
-
-/// The header a request gets and what a 401 or 403 on it needs, once its
-/// cache has a usable credential; `None` when it is not ours to touch.
-async fn route(
-    shared: &Arc<Shared>,
-    request: &Request,
-    params: Option<&TokenParams>,
-) -> Result<Option<(http::HeaderValue, Sent)>, reqwest_middleware::Error> {
-    let cache = match shared.place(request, params) {
-        Place::PassThrough => return Ok(None),
-        Place::Insecure(origin) => {
-            let err = Error::InsecureTransport(InsecureTransport::new(origin));
-            return Err(reqwest_middleware::Error::middleware(err));
-        }
-        Place::Default => shared.store.default_cache().clone(),
-        Place::Keyed(keyed) => keyed,
-    };
-    loop {
-        let cached = cache.cached();
-        match Route::served(cache.clone(), cached, request.headers()) {
-            Route::Attach(header, sent) => return Ok(Some((header, sent))),
-            // Waits, then looks again: the token may have gone stale or been
-            // dropped by a 401 in between.
-            Route::Wait(cache) => {
-                let waited = cache.wait().await;
-                waited.map_err(|err| reqwest_middleware::Error::middleware(Error::Token(err)))?;
-            }
-            _ => return Ok(None), // the caller's own credentials
         }
     }
 }

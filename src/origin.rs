@@ -81,7 +81,7 @@ pub(crate) enum Decision {
 #[derive(Debug, Clone)]
 pub(crate) struct AllowedOrigins {
     origins: Vec<Origin>,
-    /// `(https, host[:port])` of the origins that get credentials, as URIs spell them.
+    /// `(https, host[:port])` of the origins that get credentials, as URLs spell them.
     authorities: Vec<(bool, String)>,
 }
 
@@ -127,39 +127,34 @@ impl AllowedOrigins {
         ])
     }
 
-    /// Decides for a request URI: string comparisons first, else the full check.
+    /// Decides for a request to `scheme://authority`: string comparisons
+    /// first, else the full check on its `parts` (host and port). An
+    /// origin-form URI (no scheme or authority) passes through.
     #[inline]
-    pub(crate) fn decide_uri(&self, uri: &http::Uri) -> Decision {
-        if let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) {
-            let https = scheme == "https";
-            if self.is_allowed_authority(https, authority.as_str()) {
-                return Decision::Attach;
-            }
-        }
-        self.decide(uri.scheme_str(), uri.host(), uri.port_u16())
-    }
-
-    /// Whether a request's authority, as its URL has it, is that of an allowed
-    /// origin that gets credentials: no parsing, only string comparisons.
-    #[inline]
-    pub(crate) fn is_allowed_authority(&self, https: bool, authority: &str) -> bool {
-        self.authorities.iter().any(|(allowed_https, allowed)| {
-            *allowed_https == https
-                && (allowed == authority || allowed.eq_ignore_ascii_case(authority))
-        })
-    }
-
-    /// Decides for `scheme://host:port`; an origin-form URI (no scheme or host) passes through.
-    #[inline]
-    pub(crate) fn decide(
+    pub(crate) fn decide<'a>(
         &self,
         scheme: Option<&str>,
-        host: Option<&str>,
-        port: Option<u16>,
+        authority: Option<&str>,
+        parts: impl FnOnce() -> (Option<&'a str>, Option<u16>),
     ) -> Decision {
-        let (Some(scheme), Some(host)) = (scheme, host) else {
+        let (Some(scheme), Some(authority)) = (scheme, authority) else {
             return Decision::PassThrough;
         };
+        let https = scheme == "https";
+        if self.authorities.iter().any(|(allowed_https, allowed)| {
+            *allowed_https == https
+                && (allowed == authority || allowed.eq_ignore_ascii_case(authority))
+        }) {
+            return Decision::Attach;
+        }
+        match parts() {
+            (Some(host), port) => self.check(scheme, host, port),
+            (None, _) => Decision::PassThrough,
+        }
+    }
+
+    /// The full check, for a target the string comparisons did not match.
+    fn check(&self, scheme: &str, host: &str, port: Option<u16>) -> Decision {
         let https = scheme.eq_ignore_ascii_case("https");
         let port = port.unwrap_or(if https { 443 } else { 80 });
         let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -170,13 +165,8 @@ impl AllowedOrigins {
             return Decision::Attach;
         }
         // The same host over plain HTTP is a downgrade, not another origin.
-        if !https
-            && !is_loopback(host)
-            && self
-                .origins
-                .iter()
-                .any(|o| o.host.eq_ignore_ascii_case(host))
-        {
+        let same_host = |o: &Origin| o.host.eq_ignore_ascii_case(host);
+        if !https && !is_loopback(host) && self.origins.iter().any(same_host) {
             return Decision::Insecure(format!("http://{host}:{port}"));
         }
         Decision::PassThrough
@@ -193,7 +183,9 @@ mod tests {
             .map(|a| Origin::parse(a, "test").unwrap())
             .collect();
         let uri: Uri = url.parse().unwrap();
-        AllowedOrigins::new(origins).decide(uri.scheme_str(), uri.host(), uri.port_u16())
+        let authority = uri.authority().map(|authority| authority.as_str());
+        AllowedOrigins::new(origins)
+            .decide(uri.scheme_str(), authority, || (uri.host(), uri.port_u16()))
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::header::AUTHORIZATION;
-use http::{HeaderMap, HeaderValue};
+use http::HeaderValue;
 use tower::{BoxError, Service};
 
 use crate::error::{Error, InsecureTransport};
@@ -47,7 +47,7 @@ use crate::TokenParams;
 #[derive(Clone)]
 pub struct PropelAuth<S> {
     inner: S,
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     /// A tenant view's parameters.
     params: Option<TokenParams>,
     /// The layer's default cache, and its current entry revalidated with one
@@ -69,38 +69,6 @@ impl std::ops::Deref for DefaultSlot {
     }
 }
 
-/// Where a request stands, decided once: not ours, refused, or which cache
-/// serves it.
-pub(crate) enum Place {
-    /// Another origin: not ours to touch.
-    PassThrough,
-    /// An allowed host over plain HTTP: nothing is sent.
-    Insecure(String),
-    /// The layer's default cache (a service reads it faster).
-    Default,
-    /// The cache of the request's own parameter set.
-    Keyed(TokenCache),
-}
-
-impl Shared {
-    /// Places a request for `request`'s target that carries `params`.
-    #[inline]
-    pub(crate) fn place<Req: AuthRequest>(
-        &self,
-        request: &Req,
-        params: Option<&TokenParams>,
-    ) -> Place {
-        match request.decide(&self.origins) {
-            Decision::Attach => match params.and_then(|params| self.store.keyed(params)) {
-                Some(keyed) => Place::Keyed(keyed),
-                None => Place::Default,
-            },
-            Decision::PassThrough => Place::PassThrough,
-            Decision::Insecure(origin) => Place::Insecure(origin),
-        }
-    }
-}
-
 /// What a request gets, decided once.
 pub(crate) enum Route {
     /// Not ours to touch: another origin, or the caller's own `Authorization`.
@@ -114,19 +82,37 @@ pub(crate) enum Route {
     Wait(TokenCache),
 }
 
-impl Route {
-    /// The route of a request served by `cache`, whose credential check
-    /// gave `cached`; `headers` are the request's.
+impl Shared {
+    /// Where `request` goes, which cache serves it and whether that cache's
+    /// credential is usable: one pass, for services and the middleware alike.
+    /// Its parameters are its own, else `params`; `default` reads the layer's
+    /// default cache (a service reads it faster). Whether the caller set its
+    /// own header is known when the header goes in (`future::attach`).
     #[inline]
-    pub(crate) fn served(
-        cache: TokenCache,
-        cached: Option<(HeaderValue, u64)>,
-        headers: &HeaderMap,
-    ) -> Self {
+    pub(crate) fn route<Req: AuthRequest>(
+        &self,
+        request: &mut Req,
+        params: Option<&TokenParams>,
+        default: impl FnOnce() -> (TokenCache, Option<(HeaderValue, u64)>),
+    ) -> Route {
+        let (cache, cached) = match request.decide(&self.origins) {
+            Decision::PassThrough => return Route::PassThrough,
+            Decision::Insecure(origin) => return Route::Insecure(origin),
+            Decision::Attach => {
+                let params = request.token_params().or(params);
+                match params.and_then(|params| self.store.keyed(params)) {
+                    Some(keyed) => {
+                        let cached = keyed.cached();
+                        (keyed, cached)
+                    }
+                    None => default(),
+                }
+            }
+        };
         match cached {
             Some((header, generation)) => Route::Attach(header, Sent { cache, generation }),
             // A request with its own credentials never waits for ours.
-            None if headers.contains_key(AUTHORIZATION) => Route::PassThrough,
+            None if request.headers_mut().contains_key(AUTHORIZATION) => Route::PassThrough,
             None => Route::Wait(cache),
         }
     }
@@ -159,33 +145,6 @@ impl<S> PropelAuth<S> {
     pub fn into_inner(self) -> S {
         self.inner
     }
-
-    #[cfg(test)]
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
-
-    /// Where the request goes, which cache serves it and whether that
-    /// cache's credential is usable: one pass. Whether the caller set its own
-    /// header is known when the header goes in (`ResponseFuture::send`).
-    #[inline]
-    fn route<Req: AuthRequest>(&mut self, request: &mut Req) -> Route {
-        let params = request.token_params().or(self.params.as_ref());
-        let (cache, cached) = match self.shared.place(request, params) {
-            Place::PassThrough => return Route::PassThrough,
-            Place::Insecure(origin) => return Route::Insecure(origin),
-            Place::Keyed(keyed) => {
-                let cached = keyed.cached();
-                (keyed, cached)
-            }
-            Place::Default => {
-                let entry = self.current.load().as_deref();
-                let cached = entry.and_then(|entry| self.default.check(entry));
-                (self.default.clone(), cached)
-            }
-        };
-        Route::served(cache, cached, request.headers_mut())
-    }
 }
 
 /// For `http::Request` and (feature `reqwest`) `reqwest::Request`: the
@@ -208,7 +167,12 @@ where
     }
 
     fn call(&mut self, mut request: Req) -> Self::Future {
-        match self.route(&mut request) {
+        let route = self.shared.route(&mut request, self.params.as_ref(), || {
+            let entry = self.current.load().as_deref();
+            let cached = entry.and_then(|entry| self.default.check(entry));
+            (self.default.clone(), cached)
+        });
+        match route {
             Route::Attach(header, sent) => {
                 ResponseFuture::send(&mut self.inner, request, header, sent)
             }

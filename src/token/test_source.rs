@@ -255,7 +255,7 @@ pub(crate) async fn polls_pending<F: std::future::Future>(future: std::pin::Pin<
 impl PropelAuthLayer {
     /// The layer's default token cache.
     pub(crate) fn default_cache(&self) -> crate::token::cache::TokenCache {
-        self.shared().store.default_cache().clone()
+        self.shared.store.default_cache().clone()
     }
 
     pub(crate) fn layer_over<S>(&self, inner: S) -> PropelAuth<S> {
