@@ -584,8 +584,13 @@ impl TokenError {
     /// errors, and [`TokenError::transient`] source errors; never another 4xx.
     pub fn is_transient(&self) -> bool {
         use TokenErrorKind::*;
-        matches!(self.kind(), RateLimited | Server | Timeout | Transport)
-            || self.inner.transient_source
+        // Exhaustive: a new kind must say whether it passes by itself.
+        match self.kind() {
+            RateLimited | Server | Timeout | Transport => true,
+            Source => self.inner.transient_source,
+            InvalidClient | InvalidRequest | UnsupportedGrantType | InvalidScope
+            | UnauthorizedClient | Rejected | TlsUnavailable | InvalidResponse | Expired => false,
+        }
     }
 
     /// The fix Propel's docs suggest, for the field at fault or else the kind.

@@ -172,12 +172,18 @@ pub(crate) fn excerpt(text: &str, known: &[&str]) -> String {
     for secret in known.iter().filter(|secret| !secret.is_empty()) {
         scrubbed = scrubbed.replace(secret, "[redacted]");
     }
-    let words: Vec<_> = scrubbed.split_whitespace().map(redact_word).collect();
-    let line: String = words
-        .join(" ")
-        .chars()
-        .filter(|c| !c.is_control())
-        .collect();
+    // Words are redacted before the cut, and only as many as the cut keeps:
+    // past 4 bytes per character, the line holds more than it needs.
+    let mut line = String::new();
+    for word in scrubbed.split_whitespace() {
+        if line.len() > 4 * EXCERPT_CHARS {
+            break;
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.extend(redact_word(word).chars().filter(|c| !c.is_control()));
+    }
     match line.char_indices().nth(EXCERPT_CHARS) {
         Some((cut, _)) => format!("{}…", line[..cut].trim_end()),
         None => line,

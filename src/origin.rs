@@ -177,15 +177,15 @@ impl AllowedOrigins {
 mod tests {
     use super::*;
 
+    /// What the layer decides for an `http::Request` to `url`.
     fn decide(allowed: &[&str], url: &str) -> Decision {
+        use crate::message::sealed::Request as _;
         let origins = allowed
             .iter()
             .map(|a| Origin::parse(a, "test").unwrap())
             .collect();
-        let uri: Uri = url.parse().unwrap();
-        let authority = uri.authority().map(|authority| authority.as_str());
-        AllowedOrigins::new(origins)
-            .decide(uri.scheme_str(), authority, || (uri.host(), uri.port_u16()))
+        let request = http::Request::get(url).body(()).unwrap();
+        request.decide(&AllowedOrigins::new(origins))
     }
 
     #[test]

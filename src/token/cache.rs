@@ -323,14 +323,17 @@ impl TokenCache {
         }
     }
 
-    /// A token that may be sent now: for handing tokens out.
+    /// A token that may be sent now: for handing tokens out. Like a request,
+    /// it looks again after a wait (a flight's token is not always published).
     pub(crate) async fn token(&self) -> Result<AccessToken, TokenError> {
-        if let Some(current) = self.inner.current.load_full() {
-            if self.check(&current).is_some() {
-                return Ok(current.token.clone());
+        loop {
+            if let Some(current) = self.inner.current.load_full() {
+                if self.check(&current).is_some() {
+                    return Ok(current.token.clone());
+                }
             }
+            self.wait().await?;
         }
-        Ok(self.wait().await?.token.clone())
     }
 
     /// The current entry and the one before it: what a 401 or 403's message

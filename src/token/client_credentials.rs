@@ -159,16 +159,13 @@ pub(crate) fn token_from_response(
         ..TokenErrorDetails::new(kind)
     };
     if status.is_success() {
-        let invalid = |what: String| -> TokenError {
-            details(TokenErrorKind::InvalidResponse)
-                .with_description(what)
-                .into()
-        };
         if body.truncated {
-            return Err(invalid("the answer is larger than 64 KiB".into()));
+            return Err(TokenError::invalid_response(
+                "the answer is larger than 64 KiB",
+            ));
         }
         let parsed: TokenBody = serde_json::from_slice(&body.bytes).map_err(|err| {
-            invalid(format!(
+            TokenError::invalid_response(format!(
                 "the answer is not the expected JSON ({})",
                 excerpt(&err.to_string())
             ))
@@ -176,13 +173,15 @@ pub(crate) fn token_from_response(
         let token = parsed
             .access_token
             .filter(|token| !token.is_empty())
-            .ok_or_else(|| invalid("the answer has no access_token".into()))?;
+            .ok_or_else(|| TokenError::invalid_response("the answer has no access_token"))?;
         if let Some(kind) = parsed
             .token_type
             .filter(|kind| !kind.eq_ignore_ascii_case("bearer"))
         {
             let kind = excerpt(&kind);
-            return Err(invalid(format!("the token_type is {kind:?}, not Bearer")));
+            return Err(TokenError::invalid_response(format!(
+                "the token_type is {kind:?}, not Bearer"
+            )));
         }
         // A number, or a number in a string.
         let expires_in = parsed
